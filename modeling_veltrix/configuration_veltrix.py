@@ -1,0 +1,280 @@
+"""Configuration classes of the Veltrix encoder (MPE) and evolver (TRE).
+
+Both are `transformers.PreTrainedConfig` dataclasses: every hyper-parameter of the model lives here, is saved
+to `config.json` by `save_pretrained` and validated on construction (a `ValueError` names the argument, what
+was expected and what came).
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+UNIT_LAYOUTS = ("grid", "resampler")
+UNIT_MIXERS = ("conv", "attention")
+SCAN_IMPLEMENTATIONS = ("chunked", "sequential")
+
+
+def _require_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"`{name}` must be > 0, got {value}.")
+
+
+def _require_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+@strict
+class VeltrixEncoderConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`VeltrixEncoderModel`], the multimodal perception encoder (MPE) that turns frames into
+    bounded state units.
+
+    Args:
+        image_size (`int`, *optional*, defaults to 32):
+            Height and width of the (square) input frames.
+        num_channels (`int`, *optional*, defaults to 3):
+            Channels of the input frames.
+        patch_size (`int`, *optional*, defaults to 4):
+            Side of the square patches; `image_size` must be a multiple of it.
+        hidden_size (`int`, *optional*, defaults to 64):
+            Width of the encoder's internal patch features.
+        unit_dim (`int`, *optional*, defaults to 32):
+            Width `D` of a state unit, i.e. of the shared latent space.
+        unit_layout (`str`, *optional*, defaults to `"grid"`):
+            `"grid"`: one unit per patch, aligned with the patch grid (finest granularity, tracks motion best).
+            `"resampler"`: `num_units` learned queries cross-attending to the patches (coarser, compact).
+        num_units (`int`, *optional*, defaults to 16):
+            Number of units of the `"resampler"` layout. Ignored by the `"grid"` layout, whose unit count is
+            `(image_size // patch_size) ** 2`.
+        num_mixing_layers (`int`, *optional*, defaults to 2):
+            Residual local-mixing blocks (depthwise convolution + MLP) over the patch grid.
+        mixing_kernel_size (`int`, *optional*, defaults to 3):
+            Odd kernel size of the depthwise convolutions of the local-mixing blocks.
+        mlp_ratio (`float`, *optional*, defaults to 2.0):
+            Width of the MLPs relative to `hidden_size`.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Heads of the resampler's and of the resampler readout's cross-attention.
+        action_dim (`int`, *optional*, defaults to 2):
+            Width of the per-step action vectors that the encoder passes through as conditions.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the normalisation layers.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear layers.
+
+    Example:
+
+    ```python
+    >>> from modeling_veltrix import VeltrixEncoderConfig, VeltrixEncoderModel
+
+    >>> config = VeltrixEncoderConfig(unit_layout="grid")
+    >>> model = VeltrixEncoderModel(config)
+    >>> config.num_units_per_step
+    64
+    ```
+    """
+
+    model_type = "veltrix_encoder"
+
+    image_size: int = 32
+    num_channels: int = 3
+    patch_size: int = 4
+    hidden_size: int = 64
+    unit_dim: int = 32
+    unit_layout: str = "grid"
+    num_units: int = 16
+    num_mixing_layers: int = 2
+    mixing_kernel_size: int = 3
+    mlp_ratio: float = 2.0
+    num_attention_heads: int = 4
+    action_dim: int = 2
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        for name in ("image_size", "num_channels", "patch_size", "hidden_size", "unit_dim", "num_units",
+                     "mixing_kernel_size", "mlp_ratio", "num_attention_heads", "layer_norm_eps"):
+            _require_positive(name, getattr(self, name))
+        if self.num_mixing_layers < 0:
+            raise ValueError(f"`num_mixing_layers` must be >= 0, got {self.num_mixing_layers}.")
+        if self.action_dim < 0:
+            raise ValueError(f"`action_dim` must be >= 0, got {self.action_dim}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"`image_size` must be a multiple of `patch_size` ({self.patch_size}), got {self.image_size}."
+            )
+        if self.mixing_kernel_size % 2 == 0:
+            raise ValueError(f"`mixing_kernel_size` must be odd, got {self.mixing_kernel_size}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` must be a multiple of `num_attention_heads` ({self.num_attention_heads}), "
+                f"got {self.hidden_size}."
+            )
+        _require_choice("unit_layout", self.unit_layout, UNIT_LAYOUTS)
+        super().__post_init__(**kwargs)
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the patch grid, `image_size // patch_size`."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_units_per_step(self) -> int:
+        """Number `U` of state units the encoder emits per step."""
+        return self.grid_size**2 if self.unit_layout == "grid" else self.num_units
+
+
+@strict
+class VeltrixEvolverConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`VeltrixEvolverModel`], the trajectory reasoning evolver (TRE): blocks of unit mixing
+    within a step, a temporal selective state-space model (Mamba-2 / SSD form) over time per unit, and a SwiGLU
+    MLP, conditioned per step on actions and the step size by adaLN.
+
+    Args:
+        unit_dim (`int`, *optional*, defaults to 32):
+            Width `D` of the state units (must equal the encoder's `unit_dim`).
+        num_units (`int`, *optional*, defaults to 64):
+            Units `U` per step (must equal the encoder's `num_units_per_step`).
+        unit_mixer (`str`, *optional*, defaults to `"conv"`):
+            How units exchange information within a step: `"conv"` (depthwise convolution over the unit grid,
+            for grid units; `num_units` must be a perfect square) or `"attention"` (self-attention over units).
+        mixing_kernel_size (`int`, *optional*, defaults to 3):
+            Odd kernel size of the `"conv"` unit mixer.
+        hidden_size (`int`, *optional*, defaults to 64):
+            Width of the evolver's residual stream.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Number of evolver blocks.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Heads of the `"attention"` unit mixer.
+        state_size (`int`, *optional*, defaults to 16):
+            SSM state size `N` per head.
+        expand (`int`, *optional*, defaults to 2):
+            The SSM's inner width is `expand * hidden_size`.
+        head_dim (`int`, *optional*, defaults to 16):
+            Channels `P` per SSM head; `expand * hidden_size` must be a multiple of it.
+        n_groups (`int`, *optional*, defaults to 1):
+            Groups sharing the input-dependent `B` and `C` projections; must divide the number of heads.
+        conv_kernel (`int`, *optional*, defaults to 4):
+            Width of the causal depthwise convolution over time in front of the SSM.
+        chunk_size (`int`, *optional*, defaults to 64):
+            Chunk length of the chunked SSD scan.
+        time_step_min (`float`, *optional*, defaults to 1e-3):
+            Smallest initial SSM step size (per reference interval).
+        time_step_max (`float`, *optional*, defaults to 0.1):
+            Largest initial SSM step size (per reference interval).
+        time_step_floor (`float`, *optional*, defaults to 1e-4):
+            Floor of the initial SSM step size.
+        A_init_range (`tuple[float, float]`, *optional*, defaults to `(1.0, 16.0)`):
+            Range of the initial decay rates `-A`.
+        dt_reference (`float`, *optional*, defaults to 0.1):
+            Reference interval `Δt_ref` in seconds: the SSM step is `softplus(raw + bias) · Δt / Δt_ref`, and the
+            state moves by `Δt · dS/dt`, so irregular sampling and other frame rates are handled by the
+            discretisation.
+        intermediate_size (`int`, *optional*, defaults to 128):
+            Width of the SwiGLU MLP.
+        action_dim (`int`, *optional*, defaults to 2):
+            Width of the action conditions (0: the evolver takes none).
+        condition_size (`int`, *optional*, defaults to 64):
+            Width of the per-step condition embedding that drives adaLN.
+        scan_implementation (`str`, *optional*, defaults to `"chunked"`):
+            PyTorch scan used for whole sequences: `"chunked"` (SSD, parallel within chunks, linear across
+            chunks) or `"sequential"` (the step-by-step reference).
+        rms_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the RMS norms.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear layers.
+
+    Example:
+
+    ```python
+    >>> from modeling_veltrix import VeltrixEvolverConfig, VeltrixEvolverModel
+
+    >>> config = VeltrixEvolverConfig(unit_dim=32, num_units=64)
+    >>> model = VeltrixEvolverModel(config)
+    >>> config.num_heads
+    8
+    ```
+    """
+
+    model_type = "veltrix_evolver"
+
+    unit_dim: int = 32
+    num_units: int = 64
+    unit_mixer: str = "conv"
+    mixing_kernel_size: int = 3
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    state_size: int = 16
+    expand: int = 2
+    head_dim: int = 16
+    n_groups: int = 1
+    conv_kernel: int = 4
+    chunk_size: int = 64
+    time_step_min: float = 1e-3
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    A_init_range: list[float] | tuple[float, ...] = (1.0, 16.0)
+    dt_reference: float = 0.1
+    intermediate_size: int = 128
+    action_dim: int = 2
+    condition_size: int = 64
+    scan_implementation: str = "chunked"
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        for name in ("unit_dim", "num_units", "mixing_kernel_size", "hidden_size", "num_hidden_layers",
+                     "num_attention_heads", "state_size", "expand", "head_dim", "n_groups", "conv_kernel",
+                     "chunk_size", "time_step_min", "time_step_max", "time_step_floor", "dt_reference",
+                     "intermediate_size", "condition_size", "rms_norm_eps"):
+            _require_positive(name, getattr(self, name))
+        if self.action_dim < 0:
+            raise ValueError(f"`action_dim` must be >= 0, got {self.action_dim}.")
+        _require_choice("unit_mixer", self.unit_mixer, UNIT_MIXERS)
+        _require_choice("scan_implementation", self.scan_implementation, SCAN_IMPLEMENTATIONS)
+        if self.unit_mixer == "conv":
+            side = round(self.num_units**0.5)
+            if side * side != self.num_units:
+                raise ValueError(
+                    f"`num_units` must be a perfect square for `unit_mixer='conv'`, got {self.num_units}."
+                )
+            if self.mixing_kernel_size % 2 == 0:
+                raise ValueError(f"`mixing_kernel_size` must be odd, got {self.mixing_kernel_size}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` must be a multiple of `num_attention_heads` ({self.num_attention_heads}), "
+                f"got {self.hidden_size}."
+            )
+        if (self.expand * self.hidden_size) % self.head_dim:
+            raise ValueError(
+                f"`expand * hidden_size` ({self.expand * self.hidden_size}) must be a multiple of `head_dim`, "
+                f"got head_dim={self.head_dim}."
+            )
+        if self.num_heads % self.n_groups:
+            raise ValueError(f"`n_groups` must divide the number of heads ({self.num_heads}), got {self.n_groups}.")
+        if len(self.A_init_range) != 2 or not 0 < self.A_init_range[0] <= self.A_init_range[1]:
+            raise ValueError(f"`A_init_range` must be (low, high) with 0 < low <= high, got {self.A_init_range}.")
+        if not self.time_step_min <= self.time_step_max:
+            raise ValueError(
+                f"`time_step_min` must be <= `time_step_max` ({self.time_step_max}), got {self.time_step_min}."
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def intermediate_ssm_size(self) -> int:
+        """Inner width of the SSM mixer, `expand * hidden_size`."""
+        return self.expand * self.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        """Number of SSM heads, `expand * hidden_size // head_dim`."""
+        return self.intermediate_ssm_size // self.head_dim
+
+    @property
+    def unit_grid_size(self) -> int:
+        """Side of the unit grid used by the `"conv"` unit mixer."""
+        return round(self.num_units**0.5)
+
+
+__all__ = ["VeltrixEncoderConfig", "VeltrixEvolverConfig"]

@@ -1,0 +1,423 @@
+"""MGD frame decoder of Veltrix: a conditional flow-matching DiT over frames.
+
+The decoder maps a noisy frame ``x_σ = (1 − σ)·x_0 + σ·ε`` and the flow time ``σ`` to the velocity
+``ε − x_0``, conditioned on the state units of one world-model step through cross-attention. It is a small
+Diffusion Transformer (DiT, Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"): the frame
+is patchified, each block applies adaLN-Zero-modulated self-attention, cross-attention to the units and an
+MLP, and a zero-initialised adaLN + linear head unpatchifies the velocity. Training follows rectified flow
+/ flow matching (Liu et al. 2022, "Flow Straight and Fast"; Lipman et al. 2022, "Flow Matching for
+Generative Modeling"), see :func:`flow_matching_loss`; sampling uses diffusers'
+``FlowMatchEulerDiscreteScheduler``, whose timesteps are ``σ · num_train_timesteps``::
+
+    scheduler.set_timesteps(num_inference_steps)
+    for t in scheduler.timesteps:
+        velocity = decoder(x, t.expand(batch_size), units).sample
+        x = scheduler.step(velocity, t, x).prev_sample
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous
+from diffusers.training_utils import compute_density_for_timestep_sampling
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+FLOW_TIME_SAMPLINGS = ("logit_normal", "uniform", "mode")
+
+
+def describe(value: object) -> str:
+    """Shape of a tensor, or type name of anything else, for error messages."""
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def modulate(hidden_states: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation ``x · (1 + scale) + shift``: tokens (B, N, D), ``shift`` and ``scale`` (B, 1, D)."""
+    return hidden_states * (1 + scale) + shift
+
+
+class VeltrixDecoderBlock(nn.Module):
+    """DiT block with cross-attention: adaLN-Zero self-attention → cross-attention → MLP.
+
+    The nine modulation vectors (shift, scale, gate for each sub-layer) come from the flow-time embedding;
+    their projection is zero-initialised by :class:`VeltrixDecoderModel`, so every gate starts at 0 and the
+    block starts as the identity.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        mlp_ratio: float,
+        qk_norm: str | None,
+        dropout: float,
+        norm_eps: float,
+    ) -> None:
+        super().__init__()
+        head_dim = hidden_size // num_attention_heads
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.attn1 = Attention(
+            query_dim=hidden_size,
+            heads=num_attention_heads,
+            dim_head=head_dim,
+            dropout=dropout,
+            bias=True,
+            qk_norm=qk_norm,
+            eps=norm_eps,
+        )
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.attn2 = Attention(
+            query_dim=hidden_size,
+            cross_attention_dim=hidden_size,
+            heads=num_attention_heads,
+            dim_head=head_dim,
+            dropout=dropout,
+            bias=True,
+            qk_norm=qk_norm,
+            eps=norm_eps,
+        )
+        self.norm3 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
+        self.ff = FeedForward(hidden_size, mult=mlp_ratio, dropout=dropout, activation_fn="gelu-approximate")
+        self.modulation = nn.Linear(hidden_size, 9 * hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, context: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """``hidden_states`` (B, N, D) patch tokens, ``context`` (B, U, D) embedded units, ``temb`` (B, D).
+
+        Returns the updated tokens, (B, N, D).
+        """
+        modulation = self.modulation(F.silu(temb))[:, None]  # (B, 1, 9D)
+        shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = (
+            modulation.chunk(9, dim=-1)
+        )
+        hidden_states = hidden_states + gate_sa * self.attn1(
+            modulate(self.norm1(hidden_states), shift_sa, scale_sa)
+        )
+        hidden_states = hidden_states + gate_ca * self.attn2(
+            modulate(self.norm2(hidden_states), shift_ca, scale_ca), encoder_hidden_states=context
+        )
+        return hidden_states + gate_ff * self.ff(modulate(self.norm3(hidden_states), shift_ff, scale_ff))
+
+
+@dataclass
+class VeltrixDecoderOutput(BaseOutput):
+    """Output of :class:`VeltrixDecoderModel`.
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch_size, in_channels, sample_size, sample_size)`):
+            The predicted flow velocity ``ε − x_0``.
+    """
+
+    sample: torch.Tensor
+
+
+class VeltrixDecoderModel(ModelMixin, ConfigMixin):
+    """MGD frame decoder: a DiT predicting the rectified-flow velocity of a frame given a step's state units.
+
+    Args:
+        sample_size (`int`, *optional*, defaults to 32):
+            Height and width of the (square) frames.
+        in_channels (`int`, *optional*, defaults to 3):
+            Channels of the frames; the velocity has the same channels.
+        patch_size (`int`, *optional*, defaults to 4):
+            Side of the square patches; must divide `sample_size`.
+        hidden_size (`int`, *optional*, defaults to 96):
+            Width of the transformer; a multiple of 4 (2-D sin-cos position embedding) and of
+            `num_attention_heads`. Best at least `patch_size**2 * in_channels`, the values each token outputs.
+        num_layers (`int`, *optional*, defaults to 4):
+            Number of DiT blocks.
+        num_attention_heads (`int`, *optional*, defaults to 4):
+            Heads of the self- and cross-attention.
+        mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Hidden width of the MLP as a multiple of `hidden_size`.
+        cross_attention_dim (`int`, *optional*, defaults to 64):
+            Width of the state units given as `encoder_hidden_states`.
+        max_context_units (`int`, *optional*, defaults to 64):
+            Largest number of state units; size of the learned unit-index position embedding.
+        timestep_embedding_channels (`int`, *optional*, defaults to 256):
+            Channels of the sinusoidal flow-time features fed to the time-embedding MLP.
+        qk_norm (`str`, *optional*, defaults to `"rms_norm"`):
+            Per-head query/key normalisation of the attention layers (`None`, `"layer_norm"`, `"rms_norm"`);
+            keeps attention logits bounded when training at high learning rates.
+        dropout (`float`, *optional*, defaults to 0.0):
+            Dropout probability in attention and MLP.
+        norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the layer norms.
+
+    Example:
+
+    ```python
+    >>> decoder = VeltrixDecoderModel(sample_size=16, hidden_size=32, num_layers=2, cross_attention_dim=16)
+    >>> velocity = decoder(torch.randn(2, 3, 16, 16), torch.tensor(500.0), torch.randn(2, 8, 16)).sample
+    >>> velocity.shape
+    torch.Size([2, 3, 16, 16])
+    ```
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["VeltrixDecoderBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        patch_size: int = 4,
+        hidden_size: int = 96,
+        num_layers: int = 4,
+        num_attention_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        cross_attention_dim: int = 64,
+        max_context_units: int = 64,
+        timestep_embedding_channels: int = 256,
+        qk_norm: str | None = "rms_norm",
+        dropout: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("sample_size", sample_size),
+            ("in_channels", in_channels),
+            ("patch_size", patch_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("num_attention_heads", num_attention_heads),
+            ("cross_attention_dim", cross_attention_dim),
+            ("max_context_units", max_context_units),
+            ("timestep_embedding_channels", timestep_embedding_channels),
+        ):
+            if value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value}.")
+        if sample_size % patch_size != 0:
+            raise ValueError(
+                f"`sample_size` must be divisible by `patch_size` ({patch_size}), got {sample_size}."
+            )
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` must be divisible by `num_attention_heads` ({num_attention_heads}), "
+                f"got hidden_size={hidden_size}."
+            )
+        if hidden_size % 4 != 0:
+            raise ValueError(
+                f"`hidden_size` must be a multiple of 4 (2-D sin-cos position embedding), got {hidden_size}."
+            )
+        if timestep_embedding_channels % 2 != 0:
+            raise ValueError(
+                f"`timestep_embedding_channels` must be even, got {timestep_embedding_channels}."
+            )
+        if mlp_ratio <= 0:
+            raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+
+        self.patch_embed = PatchEmbed(
+            height=sample_size,
+            width=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            embed_dim=hidden_size,
+            pos_embed_type="sincos",
+        )
+        self.time_proj = Timesteps(timestep_embedding_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(timestep_embedding_channels, hidden_size)
+        self.context_proj = nn.Linear(cross_attention_dim, hidden_size)
+        self.context_pos_embed = nn.Embedding(max_context_units, hidden_size)
+        self.context_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
+        self.blocks = nn.ModuleList(
+            [
+                VeltrixDecoderBlock(hidden_size, num_attention_heads, mlp_ratio, qk_norm, dropout, norm_eps)
+                for _ in range(num_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(
+            hidden_size, hidden_size, elementwise_affine=False, eps=norm_eps
+        )
+        self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self.gradient_checkpointing = False
+        self._initialize_weights()
+
+    def _initialize_weights(self) -> None:
+        """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, zero adaLN modulations and head."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # The patch projection is a linear map of flattened patches, initialised like one.
+        patch_proj = self.patch_embed.proj
+        nn.init.xavier_uniform_(patch_proj.weight.view(patch_proj.weight.shape[0], -1))
+        nn.init.zeros_(patch_proj.bias)
+        nn.init.normal_(self.time_embedding.linear_1.weight, std=0.02)
+        nn.init.normal_(self.time_embedding.linear_2.weight, std=0.02)
+        nn.init.normal_(self.context_pos_embed.weight, std=0.02)
+        # adaLN-Zero: zero gates make every block the identity and the zero head makes the velocity 0 at init.
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation.weight)
+            nn.init.zeros_(block.modulation.bias)
+        for layer in (self.norm_out.linear, self.proj_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def check_inputs(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Validate the inputs of :meth:`forward` and return the timestep broadcast to shape (B,).
+
+        Raises:
+            ValueError: naming the offending argument, the expected and the received shape or value.
+        """
+        channels, size = self.config.in_channels, self.config.sample_size
+        if not isinstance(sample, torch.Tensor) or sample.shape[1:] != (channels, size, size):
+            raise ValueError(
+                f"`sample` must have shape (B, {channels}, {size}, {size}), got {describe(sample)}."
+            )
+        batch_size = sample.shape[0]
+        width, max_units = self.config.cross_attention_dim, self.config.max_context_units
+        if (
+            not isinstance(encoder_hidden_states, torch.Tensor)
+            or encoder_hidden_states.ndim != 3
+            or encoder_hidden_states.shape[-1] != width
+            or not 1 <= encoder_hidden_states.shape[1] <= max_units
+        ):
+            raise ValueError(
+                f"`encoder_hidden_states` must have shape (B, U, {width}) with 1 <= U <= {max_units}, "
+                f"got {describe(encoder_hidden_states)}."
+            )
+        if encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"`encoder_hidden_states` must have the batch size of `sample` ({batch_size}), "
+                f"got {tuple(encoder_hidden_states.shape)}."
+            )
+        timestep = torch.as_tensor(timestep, device=sample.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch_size)
+        elif tuple(timestep.shape) != (batch_size,):
+            raise ValueError(
+                f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}."
+            )
+        for name, tensor in (
+            ("sample", sample),
+            ("timestep", timestep),
+            ("encoder_hidden_states", encoder_hidden_states),
+        ):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(
+                    f"`{name}` must be finite, got NaN or infinite values (shape {tuple(tensor.shape)})."
+                )
+        return timestep
+
+    def _embed_context(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """Units (B, U, cross_attention_dim) → (B, U, hidden_size): projection + unit-index embedding."""
+        num_units = encoder_hidden_states.shape[1]
+        positions = torch.arange(num_units, device=encoder_hidden_states.device)
+        context = self.context_proj(encoder_hidden_states) + self.context_pos_embed(positions)
+        return self.context_norm(context)
+
+    def _unpatchify(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, h·w, p·p·C) patch outputs → (B, C, h·p, w·p) frames."""
+        patch, channels = self.config.patch_size, self.config.in_channels
+        grid = self.config.sample_size // patch
+        hidden_states = hidden_states.reshape(-1, grid, grid, patch, patch, channels)  # (B, h, w, p, p, C)
+        hidden_states = torch.einsum("nhwpqc->nchpwq", hidden_states)  # (B, C, h, p, w, p)
+        return hidden_states.reshape(-1, channels, grid * patch, grid * patch)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = True,
+    ) -> VeltrixDecoderOutput | tuple[torch.Tensor]:
+        """Predict the flow velocity of a noisy frame.
+
+        Args:
+            sample (`torch.Tensor` of shape `(B, in_channels, sample_size, sample_size)`):
+                The noisy frame ``x_σ = (1 − σ)·x_0 + σ·ε``.
+            timestep (`torch.Tensor` of shape `(B,)` or a scalar):
+                Flow time as in `FlowMatchEulerDiscreteScheduler`: ``σ · num_train_timesteps``, in [0, 1000]
+                by default. A scalar is broadcast to the batch.
+            encoder_hidden_states (`torch.Tensor` of shape `(B, U, cross_attention_dim)`):
+                The step's state units, ``1 <= U <= max_context_units``.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Whether to return a :class:`VeltrixDecoderOutput` instead of a tuple.
+
+        Returns:
+            :class:`VeltrixDecoderOutput` or `(velocity,)`, the velocity ``ε − x_0`` of the shape of `sample`.
+        """
+        timestep = self.check_inputs(sample, timestep, encoder_hidden_states)
+        hidden_states = self.patch_embed(sample)  # (B, N, D)
+        temb = self.time_embedding(self.time_proj(timestep).to(hidden_states.dtype))  # (B, D)
+        context = self._embed_context(encoder_hidden_states)  # (B, U, D)
+        for block in self.blocks:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states, context, temb)
+            else:
+                hidden_states = block(hidden_states, context, temb)
+        hidden_states = self.proj_out(self.norm_out(hidden_states, temb))  # (B, N, p·p·C)
+        velocity = self._unpatchify(hidden_states)
+        if not return_dict:
+            return (velocity,)
+        return VeltrixDecoderOutput(sample=velocity)
+
+
+def flow_matching_loss(
+    decoder: VeltrixDecoderModel,
+    pixel_values: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    generator: torch.Generator | None = None,
+    time_sampling: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    num_train_timesteps: int = 1000,
+) -> torch.Tensor:
+    """Rectified-flow (conditional flow matching) loss of `decoder` on clean frames.
+
+    With ``σ`` drawn per example, ``x_σ = (1 − σ)·x_0 + σ·ε`` and the model, called with
+    ``timestep = σ · num_train_timesteps``, regresses the velocity ``ε − x_0`` under a mean squared error.
+
+    Args:
+        decoder (`VeltrixDecoderModel`): The model to train.
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): Clean frames ``x_0``.
+        encoder_hidden_states (`torch.Tensor` of shape `(B, U, cross_attention_dim)`): The conditioning units.
+        generator (`torch.Generator`, *optional*): Source of the noise and of ``σ``.
+        time_sampling (`str`, *optional*, defaults to `"logit_normal"`):
+            Density of ``σ``: `"logit_normal"` (SD3, ``sigmoid(N(logit_mean, logit_std))``), `"uniform"` or
+            `"mode"` (SD3 mode sampling with `mode_scale`).
+        logit_mean (`float`, *optional*, defaults to 0.0): Mean of the logit-normal density.
+        logit_std (`float`, *optional*, defaults to 1.0): Standard deviation of the logit-normal density.
+        mode_scale (`float`, *optional*, defaults to 1.29): Scale of the mode density.
+        num_train_timesteps (`int`, *optional*, defaults to 1000):
+            ``num_train_timesteps`` of the `FlowMatchEulerDiscreteScheduler` used for sampling.
+
+    Returns:
+        `torch.Tensor`: the scalar loss, in float32.
+    """
+    if time_sampling not in FLOW_TIME_SAMPLINGS:
+        raise ValueError(f"`time_sampling` must be one of {FLOW_TIME_SAMPLINGS}, got {time_sampling!r}.")
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        raise ValueError(f"`pixel_values` must have shape (B, C, H, W), got {describe(pixel_values)}.")
+    batch_size, device = pixel_values.shape[0], pixel_values.device
+    sigmas = compute_density_for_timestep_sampling(
+        weighting_scheme=time_sampling,
+        batch_size=batch_size,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        mode_scale=mode_scale,
+        device=generator.device if generator is not None else device,
+        generator=generator,
+    ).to(device=device, dtype=pixel_values.dtype)
+    noise = randn_tensor(pixel_values.shape, generator=generator, device=device, dtype=pixel_values.dtype)
+    sigmas_4d = sigmas[:, None, None, None]  # (B, 1, 1, 1)
+    noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
+    velocity = decoder(noisy, sigmas * num_train_timesteps, encoder_hidden_states).sample
+    return F.mse_loss(velocity.float(), (noise - pixel_values).float())
+
+
+__all__ = ["VeltrixDecoderBlock", "VeltrixDecoderModel", "VeltrixDecoderOutput", "flow_matching_loss"]

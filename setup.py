@@ -1,0 +1,33 @@
+"""Installs the `modeling_veltrix` package. Install torch first where a CPU build is wanted:
+
+    pip install torch==2.13.0 && pip install -e ".[test,demo]"
+"""
+
+from setuptools import setup
+
+setup(
+    name="veltrix",
+    version="0.1.0",
+    description="Veltrix: a Hugging Face-compatible latent world model that evolves a world state.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=["modeling_veltrix"],
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "diffusers>=0.35",
+        "huggingface_hub>=1.0",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "safetensors>=0.4",
+        "evaluate>=0.4",
+        "numpy",
+        "pillow",
+    ],
+    extras_require={
+        "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+        "demo": ["matplotlib>=3.7"],
+    },
+)
