@@ -74,9 +74,7 @@ DEFAULT_BALL_COLORS: tuple[RGB, ...] = (
 def _check(config: Any, field: str, valid: bool, expected: str) -> None:
     """Raise a `ValueError` naming `config.field`, what was expected and what was received."""
     if not valid:
-        raise ValueError(
-            f"{type(config).__name__}.{field} must be {expected}, got {getattr(config, field)!r}"
-        )
+        raise ValueError(f"{type(config).__name__}.{field} must be {expected}, got {getattr(config, field)!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -88,11 +86,7 @@ def _is_real(value: Any) -> bool:
 
 
 def _is_rgb(value: Any) -> bool:
-    return (
-        isinstance(value, (tuple, list))
-        and len(value) == 3
-        and all(_is_real(c) and 0.0 <= c <= 1.0 for c in value)
-    )
+    return isinstance(value, (tuple, list)) and len(value) == 3 and all(_is_real(c) and 0.0 <= c <= 1.0 for c in value)
 
 
 @dataclass
@@ -393,8 +387,20 @@ class World(abc.ABC):
         """
 
     @abc.abstractmethod
+    def _draw(self, physics: np.ndarray) -> np.ndarray:
+        """Frames `(N, T, 3, H, W)` float32 in [-1, 1] from validated physics `(N, T, P)`."""
+
     def render(self, physics: np.ndarray) -> np.ndarray:
-        """Draw frames from physics `(N, T, P)`; returns pixel values `(N, T, 3, H, W)` float32 in [-1, 1]."""
+        """Draw frames from physics `(N, T, P)`; returns pixel values `(N, T, 3, H, W)` float32 in [-1, 1].
+
+        Only the position fields are read, so predicted physics can be rendered too.
+        """
+        physics = np.asarray(physics)
+        if physics.ndim != 3 or physics.shape[-1] != self.physics_dim:
+            raise ValueError(f"physics must have shape (N, T, {self.physics_dim}), got {physics.shape}")
+        if not np.isfinite(physics).all():
+            raise ValueError("physics must be finite, got non-finite values")
+        return self._draw(physics)
 
     def sample_actions(self, rng: np.random.Generator, num_steps: int) -> np.ndarray:
         """Sparse impulses `(num_steps, action_dim)` float32: Gaussian with std `impulse_scale` per component
@@ -488,15 +494,13 @@ class World(abc.ABC):
             raise ValueError("timestamps must be strictly increasing along T, got a gap <= 0")
         physics = self._integrate(initial_states.astype(np.float64), actions.astype(np.float64), gaps)
         return {
-            "pixel_values": self.render(physics),
+            "pixel_values": self._draw(physics),
             "timestamps": timestamps.astype(np.float32),
             "actions": actions.astype(np.float32),
             "physics": physics.astype(np.float32),
         }
 
-    def generate(
-        self, num_trajectories: int, num_steps: int, seed: int, first_index: int = 0
-    ) -> dict[str, np.ndarray]:
+    def generate(self, num_trajectories: int, num_steps: int, seed: int, first_index: int = 0) -> dict[str, np.ndarray]:
         """Sample and simulate trajectories `first_index, ..., first_index + num_trajectories - 1` of `seed`.
 
         Returns:
@@ -591,11 +595,9 @@ class BouncingBallsWorld(World):
                 pos, vel = self._substep(pos, vel, dt)
         velocities = trajectory[..., 2:]
         kinetic_energy = 0.5 * np.sum(velocities * velocities, axis=(2, 3))  # (N, T)
-        return np.concatenate(
-            [trajectory.reshape(num_trajectories, num_steps, -1), kinetic_energy[..., None]], axis=-1
-        )
+        return np.concatenate([trajectory.reshape(num_trajectories, num_steps, -1), kinetic_energy[..., None]], axis=-1)
 
-    def render(self, physics: np.ndarray) -> np.ndarray:
+    def _draw(self, physics: np.ndarray) -> np.ndarray:
         """Draw the balls (alpha-composited in index order) on black.
 
         `physics (N, T, P)` → `pixel_values (N, T, 3, H, W)` float32 in [-1, 1].
@@ -645,14 +647,10 @@ class PendulumWorld(World):
         """`(θ, ω)` uniform in `[-max_initial_angle, max_initial_angle] × [-max_ω, max_ω]`, float64."""
         config = self.config
         angle = rng.uniform(-config.max_initial_angle, config.max_initial_angle)
-        angular_velocity = rng.uniform(
-            -config.max_initial_angular_velocity, config.max_initial_angular_velocity
-        )
+        angular_velocity = rng.uniform(-config.max_initial_angular_velocity, config.max_initial_angular_velocity)
         return np.array([angle, angular_velocity])
 
-    def _rk4_step(
-        self, theta: np.ndarray, omega: np.ndarray, dt: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _rk4_step(self, theta: np.ndarray, omega: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One classical Runge–Kutta step of `(θ, ω)`, all `(N,)`."""
         k = self.config.gravity / self.config.rod_length
         k1_theta, k1_omega = omega, -k * np.sin(theta)
@@ -684,7 +682,7 @@ class PendulumWorld(World):
         wrapped = (thetas + np.pi) % (2 * np.pi) - np.pi
         return np.stack([wrapped, omegas, bob_x, bob_y, energy], axis=-1)
 
-    def render(self, physics: np.ndarray) -> np.ndarray:
+    def _draw(self, physics: np.ndarray) -> np.ndarray:
         """Draw the rod then the bob on black. `(N, T, P)` → `(N, T, 3, H, W)` in [-1, 1]."""
         config = self.config
         num_trajectories, num_steps = physics.shape[:2]
@@ -700,9 +698,7 @@ class PendulumWorld(World):
             rod_distance = np.sqrt((px - along * rx) ** 2 + (py - along * ry) ** 2)
             bob_distance = np.sqrt((px - rx) ** 2 + (py - ry) ** 2)
             rod_alpha = _coverage(rod_distance, config.rod_width / 2, config.edge_softness)[:, None]
-            bob_alpha = _coverage(bob_distance, config.bob_radius, config.edge_softness)[
-                :, None
-            ]  # (N, 1, H, W)
+            bob_alpha = _coverage(bob_distance, config.bob_radius, config.edge_softness)[:, None]  # (N, 1, H, W)
             image = rod_alpha * self._rod_color
             frames[:, t] = image * (1.0 - bob_alpha) + bob_alpha * self._bob_color
         return frames * 2.0 - 1.0
@@ -755,9 +751,7 @@ def _trajectory_examples(
     """Yield trajectories one by one, simulated `chunk_size` at a time (module level for `datasets`)."""
     simulator = get_world(world, **config)
     for start in range(0, num_trajectories, chunk_size):
-        batch = simulator.generate(
-            min(chunk_size, num_trajectories - start), num_steps, seed, first_index=start
-        )
+        batch = simulator.generate(min(chunk_size, num_trajectories - start), num_steps, seed, first_index=start)
         for i in range(len(batch["timestamps"])):
             yield {key: value[i] for key, value in batch.items()}
 

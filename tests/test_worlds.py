@@ -132,9 +132,8 @@ def test_wall_bounce_reflects_velocity():
     initial = np.array([[[27.0, 16.0, 20.0, 0.0]]])
     timestamps = np.arange(5, dtype=np.float32)[None] * 0.1
     physics = world.simulate(initial, np.zeros((1, 5, 2), np.float32), timestamps)["physics"][0]
-    np.testing.assert_allclose(
-        physics[-1, :4], [23.0, 16.0, -20.0, 0.0], atol=1e-4
-    )  # wall at 29: 29 - (8 - 2)
+    # 8 px of travel in 0.4 s: 2 px to the wall at 32 - 3 = 29, then 6 px back.
+    np.testing.assert_allclose(physics[-1, :4], [23.0, 16.0, -20.0, 0.0], atol=1e-4)
 
 
 @pytest.mark.parametrize("irregular", [False, True])
@@ -197,6 +196,8 @@ def test_simulate_validates_inputs():
         world.simulate(states, actions, timestamps[:, ::-1].copy())
     with pytest.raises(ValueError, match="finite"):
         world.simulate(np.full((2, 2), np.nan), actions, timestamps)
+    with pytest.raises(ValueError, match="physics must have shape \\(N, T, 5\\)"):
+        world.render(np.zeros((2, 4, 4), np.float32))
 
 
 @pytest.mark.parametrize(

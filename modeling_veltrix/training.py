@@ -1,0 +1,295 @@
+"""Staged training of Veltrix with `transformers.Trainer`.
+
+Stages (DESIGN §9): `encoder` (encoder + frame readout by reconstruction) -> `evolver` (frozen encoder; one-step
+teacher forcing over whole trajectories plus an open-loop rollout over a local window, in latent and pixel space)
+-> `decoder` (flow matching of frames on frozen units). The same code runs on one CPU or under `accelerate launch`;
+checkpoints are resumable; each finished stage is saved with `save_pretrained` under `<output_dir>/<component>`.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
+from .modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
+from .modeling_veltrix_encoder import VeltrixEncoderModel
+from .modeling_veltrix_evolver import VeltrixEvolverModel
+from .worlds import build_world_dataset
+
+STAGES = ("encoder", "evolver", "decoder")
+COMPONENTS = ("encoder", "evolver", "decoder")
+
+
+@dataclass
+class VeltrixStageRecipe:
+    """Optimisation of one training stage."""
+
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    save_steps: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "learning_rate", "batch_size", "save_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+
+
+@dataclass
+class VeltrixTrainingRecipe:
+    """Everything a training run depends on besides the model configs: data, windows, loss weights, stages.
+
+    `rollout_window` is the training window W: the evolver is trained to roll out W steps open loop from
+    `context_length` observed steps.
+    """
+
+    world: str = "bouncing_balls"
+    num_train_trajectories: int = 512
+    num_eval_trajectories: int = 32
+    trajectory_length: int = 32
+    train_seed: int = 0
+    eval_seed: int = 1_000_000
+    context_length: int = 8
+    rollout_window: int = 8
+    latent_loss_weight: float = 1.0
+    pixel_loss_weight: float = 1.0
+    teacher_forcing_weight: float = 1.0
+    open_loop_weight: float = 1.0
+    decoder_frames_per_trajectory: int = 8
+    decoder_time_sampling: str = "logit_normal"
+    seed: int = 0
+    encoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
+    evolver: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
+    decoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
+
+    def __post_init__(self) -> None:
+        for name in STAGES:
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, VeltrixStageRecipe(**value))
+        if self.context_length + self.rollout_window > self.trajectory_length:
+            raise ValueError(
+                f"`context_length + rollout_window` ({self.context_length + self.rollout_window}) must be <= "
+                f"`trajectory_length` ({self.trajectory_length})."
+            )
+        if self.context_length < 1 or self.rollout_window < 1:
+            raise ValueError(
+                f"`context_length` and `rollout_window` must be >= 1, got {self.context_length}, {self.rollout_window}."
+            )
+        if not 1 <= self.decoder_frames_per_trajectory <= self.trajectory_length:
+            raise ValueError(
+                f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "
+                f"got {self.decoder_frames_per_trajectory}."
+            )
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "VeltrixTrainingRecipe":
+        with open(path, encoding="utf-8") as handle:
+            return cls(**json.load(handle))
+
+    def to_json_file(self, path: str) -> None:
+        write_json_atomic(path, asdict(self))
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Writes JSON to a temporary file next to `path`, then renames it, so no half-written file is left."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class VeltrixEncoderStage(nn.Module):
+    """Encoder + frame readout trained by reconstruction of every frame."""
+
+    def __init__(self, encoder: VeltrixEncoderModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.encoder(pixel_values, return_loss=True).loss}
+
+
+class VeltrixEvolverStage(nn.Module):
+    """Evolver on the frozen encoder's units: one-step teacher forcing + an open-loop window, latent + pixel."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel, recipe: VeltrixTrainingRecipe):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.evolver = evolver
+        self.recipe = recipe
+
+    def train(self, mode: bool = True) -> "VeltrixEvolverStage":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def _state_loss(self, predicted: torch.Tensor, target_units: torch.Tensor, target_frames: torch.Tensor) -> torch.Tensor:
+        """Latent MSE + pixel MSE of the frozen readout of predicted units (B, T, U, D) vs frames (B, T, C, H, W)."""
+        latent = F.mse_loss(predicted, target_units)
+        pixel = F.mse_loss(self.encoder.decode_frames(predicted), target_frames)
+        return self.recipe.latent_loss_weight * latent + self.recipe.pixel_loss_weight * pixel
+
+    def forward(
+        self, pixel_values: torch.Tensor, timestamps: torch.Tensor, actions: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        recipe = self.recipe
+        with torch.no_grad():
+            units = self.encoder(pixel_values).units
+        teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
+        teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:])
+
+        context, window = recipe.context_length, recipe.rollout_window
+        start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
+        end = start + context + window
+        rollout = self.evolver.rollout(
+            units[:, start : start + context], window, conditions=actions[:, start:end], timestamps=timestamps[:, start:end]
+        )
+        open_loop_loss = self._state_loss(
+            rollout.units, units[:, start + context : end], pixel_values[:, start + context : end]
+        )
+        loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
+        return {"loss": loss}
+
+
+class VeltrixDecoderStage(nn.Module):
+    """Flow-matching decoder of frames conditioned on the frozen encoder's units of the same step."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, decoder: VeltrixDecoderModel, recipe: VeltrixTrainingRecipe):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.decoder = decoder
+        self.recipe = recipe
+
+    def train(self, mode: bool = True) -> "VeltrixDecoderStage":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, t = pixel_values.shape[:2]
+        picks = torch.rand(b, t).argsort(dim=1)[:, : self.recipe.decoder_frames_per_trajectory]
+        frames = pixel_values[torch.arange(b)[:, None], picks]  # (B, k, C, H, W)
+        with torch.no_grad():
+            units = self.encoder(frames).units
+        loss = flow_matching_loss(
+            self.decoder, frames.flatten(0, 1), units.flatten(0, 1), time_sampling=self.recipe.decoder_time_sampling
+        )
+        return {"loss": loss}
+
+
+def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The recipe's world as (train, held-out) `datasets.Dataset`s in torch format; held-out uses another seed."""
+    common = {"world": recipe.world, "num_steps": recipe.trajectory_length}
+    train = build_world_dataset(num_trajectories=recipe.num_train_trajectories, seed=recipe.train_seed, **common)
+    held_out = build_world_dataset(num_trajectories=recipe.num_eval_trajectories, seed=recipe.eval_seed, **common)
+    return train.with_format("torch"), held_out.with_format("torch")
+
+
+def load_or_create_models(
+    model_dir: str, output_dir: str
+) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel]:
+    """Loads each component trained already in `output_dir`, else creates it from the preset folder `model_dir`
+    (`<model_dir>/{encoder,evolver,decoder}/config.json`)."""
+
+    def trained(component: str) -> str | None:
+        path = os.path.join(output_dir, component)
+        return path if os.path.isdir(path) else None
+
+    encoder_path, evolver_path, decoder_path = (trained(c) for c in COMPONENTS)
+    encoder = (
+        VeltrixEncoderModel.from_pretrained(encoder_path)
+        if encoder_path
+        else VeltrixEncoderModel(VeltrixEncoderConfig.from_pretrained(os.path.join(model_dir, "encoder")))
+    )
+    evolver = (
+        VeltrixEvolverModel.from_pretrained(evolver_path)
+        if evolver_path
+        else VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(os.path.join(model_dir, "evolver")))
+    )
+    decoder = (
+        VeltrixDecoderModel.from_pretrained(decoder_path)
+        if decoder_path
+        else VeltrixDecoderModel.from_config(VeltrixDecoderModel.load_config(os.path.join(model_dir, "decoder")))
+    )
+    check_compatible(encoder, evolver, decoder)
+    return encoder, evolver, decoder
+
+
+def check_compatible(encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel, decoder: VeltrixDecoderModel) -> None:
+    """The three components must agree on unit count and width, action width and frame format."""
+    enc, evo, dec = encoder.config, evolver.config, decoder.config
+    pairs = [
+        ("evolver.num_units", evo.num_units, "encoder.num_units_per_step", enc.num_units_per_step),
+        ("evolver.unit_dim", evo.unit_dim, "encoder.unit_dim", enc.unit_dim),
+        ("evolver.action_dim", evo.action_dim, "encoder.action_dim", enc.action_dim),
+        ("decoder.cross_attention_dim", dec.cross_attention_dim, "encoder.unit_dim", enc.unit_dim),
+        ("decoder.sample_size", dec.sample_size, "encoder.image_size", enc.image_size),
+        ("decoder.in_channels", dec.in_channels, "encoder.num_channels", enc.num_channels),
+    ]
+    for name, value, other, expected in pairs:
+        if value != expected:
+            raise ValueError(f"`{name}` must equal `{other}` ({expected}), got {value}.")
+    if dec.max_context_units < enc.num_units_per_step:
+        raise ValueError(
+            f"`decoder.max_context_units` must be >= `encoder.num_units_per_step` ({enc.num_units_per_step}), "
+            f"got {dec.max_context_units}."
+        )
+
+
+def train_stage(
+    stage: str,
+    models: tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel],
+    train_dataset: datasets.Dataset,
+    recipe: VeltrixTrainingRecipe,
+    output_dir: str,
+    resume: bool = True,
+) -> dict[str, float]:
+    """Trains one stage with `transformers.Trainer` and saves the trained component to `<output_dir>/<component>`.
+
+    Checkpoints go to `<output_dir>/checkpoints/<stage>`; with `resume=True` training continues from the last one.
+    Returns the Trainer's training metrics.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
+    encoder, evolver, decoder = models
+    module = {
+        "encoder": lambda: VeltrixEncoderStage(encoder),
+        "evolver": lambda: VeltrixEvolverStage(encoder, evolver, recipe),
+        "decoder": lambda: VeltrixDecoderStage(encoder, decoder, recipe),
+    }[stage]()
+    stage_recipe: VeltrixStageRecipe = getattr(recipe, stage)
+    checkpoint_dir = os.path.join(output_dir, "checkpoints", stage)
+    args = TrainingArguments(
+        output_dir=checkpoint_dir,
+        max_steps=stage_recipe.max_steps,
+        per_device_train_batch_size=stage_recipe.batch_size,
+        learning_rate=stage_recipe.learning_rate,
+        weight_decay=stage_recipe.weight_decay,
+        warmup_steps=stage_recipe.warmup_steps,
+        lr_scheduler_type="cosine",
+        logging_steps=max(1, stage_recipe.max_steps // 20),
+        save_steps=stage_recipe.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=recipe.seed,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=module, args=args, train_dataset=train_dataset)
+    last = get_last_checkpoint(checkpoint_dir) if resume and os.path.isdir(checkpoint_dir) else None
+    result = trainer.train(resume_from_checkpoint=last)
+    component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[stage]
+    if trainer.is_world_process_zero():
+        component.save_pretrained(os.path.join(output_dir, stage))
+    return result.metrics
