@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "matplotlib>=3.7"],
         "demo": ["matplotlib>=3.7"],
     },
 )

@@ -91,8 +91,18 @@ class VeltrixEncoderConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        for name in ("image_size", "num_channels", "patch_size", "hidden_size", "unit_dim", "num_units",
-                     "mixing_kernel_size", "mlp_ratio", "num_attention_heads", "layer_norm_eps"):
+        for name in (
+            "image_size",
+            "num_channels",
+            "patch_size",
+            "hidden_size",
+            "unit_dim",
+            "num_units",
+            "mixing_kernel_size",
+            "mlp_ratio",
+            "num_attention_heads",
+            "layer_norm_eps",
+        ):
             _require_positive(name, getattr(self, name))
         if self.num_mixing_layers < 0:
             raise ValueError(f"`num_mixing_layers` must be >= 0, got {self.num_mixing_layers}.")
@@ -224,10 +234,27 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        for name in ("unit_dim", "num_units", "mixing_kernel_size", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "state_size", "expand", "head_dim", "n_groups", "conv_kernel",
-                     "chunk_size", "time_step_min", "time_step_max", "time_step_floor", "dt_reference",
-                     "intermediate_size", "condition_size", "rms_norm_eps"):
+        for name in (
+            "unit_dim",
+            "num_units",
+            "mixing_kernel_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "state_size",
+            "expand",
+            "head_dim",
+            "n_groups",
+            "conv_kernel",
+            "chunk_size",
+            "time_step_min",
+            "time_step_max",
+            "time_step_floor",
+            "dt_reference",
+            "intermediate_size",
+            "condition_size",
+            "rms_norm_eps",
+        ):
             _require_positive(name, getattr(self, name))
         if self.action_dim < 0:
             raise ValueError(f"`action_dim` must be >= 0, got {self.action_dim}.")
@@ -236,9 +263,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
         if self.unit_mixer == "conv":
             side = round(self.num_units**0.5)
             if side * side != self.num_units:
-                raise ValueError(
-                    f"`num_units` must be a perfect square for `unit_mixer='conv'`, got {self.num_units}."
-                )
+                raise ValueError(f"`num_units` must be a perfect square for `unit_mixer='conv'`, got {self.num_units}.")
             if self.mixing_kernel_size % 2 == 0:
                 raise ValueError(f"`mixing_kernel_size` must be odd, got {self.mixing_kernel_size}.")
         if self.hidden_size % self.num_attention_heads:

@@ -93,12 +93,10 @@ class VeltrixDecoderBlock(nn.Module):
         Returns the updated tokens, (B, N, D).
         """
         modulation = self.modulation(F.silu(temb))[:, None]  # (B, 1, 9D)
-        shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = (
-            modulation.chunk(9, dim=-1)
+        shift_sa, scale_sa, gate_sa, shift_ca, scale_ca, gate_ca, shift_ff, scale_ff, gate_ff = modulation.chunk(
+            9, dim=-1
         )
-        hidden_states = hidden_states + gate_sa * self.attn1(
-            modulate(self.norm1(hidden_states), shift_sa, scale_sa)
-        )
+        hidden_states = hidden_states + gate_sa * self.attn1(modulate(self.norm1(hidden_states), shift_sa, scale_sa))
         hidden_states = hidden_states + gate_ca * self.attn2(
             modulate(self.norm2(hidden_states), shift_ca, scale_ca), encoder_hidden_states=context
         )
@@ -195,9 +193,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             if value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value}.")
         if sample_size % patch_size != 0:
-            raise ValueError(
-                f"`sample_size` must be divisible by `patch_size` ({patch_size}), got {sample_size}."
-            )
+            raise ValueError(f"`sample_size` must be divisible by `patch_size` ({patch_size}), got {sample_size}.")
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` must be divisible by `num_attention_heads` ({num_attention_heads}), "
@@ -208,9 +204,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 f"`hidden_size` must be a multiple of 4 (2-D sin-cos position embedding), got {hidden_size}."
             )
         if timestep_embedding_channels % 2 != 0:
-            raise ValueError(
-                f"`timestep_embedding_channels` must be even, got {timestep_embedding_channels}."
-            )
+            raise ValueError(f"`timestep_embedding_channels` must be even, got {timestep_embedding_channels}.")
         if mlp_ratio <= 0:
             raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio}.")
         if not 0.0 <= dropout < 1.0:
@@ -235,9 +229,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 for _ in range(num_layers)
             ]
         )
-        self.norm_out = AdaLayerNormContinuous(
-            hidden_size, hidden_size, elementwise_affine=False, eps=norm_eps
-        )
+        self.norm_out = AdaLayerNormContinuous(hidden_size, hidden_size, elementwise_affine=False, eps=norm_eps)
         self.proj_out = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
         self._initialize_weights()
@@ -274,9 +266,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         """
         channels, size = self.config.in_channels, self.config.sample_size
         if not isinstance(sample, torch.Tensor) or sample.shape[1:] != (channels, size, size):
-            raise ValueError(
-                f"`sample` must have shape (B, {channels}, {size}, {size}), got {describe(sample)}."
-            )
+            raise ValueError(f"`sample` must have shape (B, {channels}, {size}, {size}), got {describe(sample)}.")
         batch_size = sample.shape[0]
         width, max_units = self.config.cross_attention_dim, self.config.max_context_units
         if (
@@ -298,18 +288,14 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         if timestep.ndim == 0:
             timestep = timestep.expand(batch_size)
         elif tuple(timestep.shape) != (batch_size,):
-            raise ValueError(
-                f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}."
-            )
+            raise ValueError(f"`timestep` must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}.")
         for name, tensor in (
             ("sample", sample),
             ("timestep", timestep),
             ("encoder_hidden_states", encoder_hidden_states),
         ):
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(
-                    f"`{name}` must be finite, got NaN or infinite values (shape {tuple(tensor.shape)})."
-                )
+                raise ValueError(f"`{name}` must be finite, got NaN or infinite values (shape {tuple(tensor.shape)}).")
         return timestep
 
     def _embed_context(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:

@@ -71,8 +71,9 @@ class VeltrixCrossAttention(nn.Module):
         n, q_len, hidden = queries.shape
         head_dim = hidden // self.num_heads
         q = self.q_proj(self.query_norm(queries)).reshape(n, q_len, self.num_heads, head_dim).transpose(1, 2)
-        k, v = self.kv_proj(self.context_norm(context)).reshape(n, -1, 2, self.num_heads, head_dim).permute(
-            2, 0, 3, 1, 4)
+        k, v = (
+            self.kv_proj(self.context_norm(context)).reshape(n, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        )
         attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, q_len, hidden)
         queries = queries + self.out_proj(attended)
         return queries + self.mlp(self.mlp_norm(queries))
@@ -88,8 +89,9 @@ class VeltrixGridReadout(nn.Module):
         self.num_channels = config.num_channels
         self.unit_proj = nn.Linear(config.unit_dim, config.hidden_size)
         self.blocks = nn.ModuleList(
-            VeltrixLocalMixingBlock(config.hidden_size, config.mixing_kernel_size, config.mlp_ratio,
-                                    config.layer_norm_eps)
+            VeltrixLocalMixingBlock(
+                config.hidden_size, config.mixing_kernel_size, config.mlp_ratio, config.layer_norm_eps
+            )
             for _ in range(config.num_mixing_layers)
         )
         self.to_pixels = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
@@ -111,8 +113,9 @@ class VeltrixResamplerReadout(nn.Module):
         self.num_channels = config.num_channels
         self.patch_queries = nn.Parameter(torch.zeros(1, config.grid_size**2, config.hidden_size))
         self.unit_proj = nn.Linear(config.unit_dim, config.hidden_size)
-        self.attention = VeltrixCrossAttention(config.hidden_size, config.num_attention_heads, config.mlp_ratio,
-                                               config.layer_norm_eps)
+        self.attention = VeltrixCrossAttention(
+            config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
+        )
         self.to_pixels = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
@@ -160,18 +163,21 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
 
     def __init__(self, config: VeltrixEncoderConfig):
         super().__init__(config)
-        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
-                                         stride=config.patch_size)
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size
+        )
         self.position_embedding = nn.Parameter(torch.zeros(1, config.grid_size, config.grid_size, config.hidden_size))
         self.mixing_blocks = nn.ModuleList(
-            VeltrixLocalMixingBlock(config.hidden_size, config.mixing_kernel_size, config.mlp_ratio,
-                                    config.layer_norm_eps)
+            VeltrixLocalMixingBlock(
+                config.hidden_size, config.mixing_kernel_size, config.mlp_ratio, config.layer_norm_eps
+            )
             for _ in range(config.num_mixing_layers)
         )
         if config.unit_layout == "resampler":
             self.unit_queries = nn.Parameter(torch.zeros(1, config.num_units, config.hidden_size))
-            self.resampler = VeltrixCrossAttention(config.hidden_size, config.num_attention_heads, config.mlp_ratio,
-                                                   config.layer_norm_eps)
+            self.resampler = VeltrixCrossAttention(
+                config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
+            )
             self.readout = VeltrixResamplerReadout(config)
         else:
             self.unit_queries = None

@@ -180,7 +180,7 @@ class VeltrixSelectiveSSM(nn.Module):
         length = hidden_states.shape[1]
         z, xbc, dt_raw = self._split_projection(self.in_proj(hidden_states))
         xbc_channels = xbc.transpose(1, 2)  # (N, conv_dim, L)
-        conv_state = F.pad(xbc_channels, (self.conv_kernel - 1 - length, 0))[..., -(self.conv_kernel - 1):]
+        conv_state = F.pad(xbc_channels, (self.conv_kernel - 1 - length, 0))[..., -(self.conv_kernel - 1) :]
         xbc = F.silu(self.conv1d(xbc_channels)[..., :length].transpose(1, 2))
         x, B, C = self._split_xbc(xbc)
         dt = self._discretize(dt_raw, gaps)
@@ -271,7 +271,11 @@ class VeltrixEvolverBlock(nn.Module):
         return h, conv_state, ssm_state
 
     def step(
-        self, h: torch.Tensor, condition: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor,
+        self,
+        h: torch.Tensor,
+        condition: torch.Tensor,
+        gaps: torch.Tensor,
+        conv_state: torch.Tensor,
         ssm_state: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U."""
@@ -358,8 +362,11 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         self.post_init()
 
     def _check_units(self, name: str, units: torch.Tensor, steps: bool) -> None:
-        expected = ("B", "T", self.config.num_units, self.config.unit_dim) if steps else (
-            "B", self.config.num_units, self.config.unit_dim)
+        expected = (
+            ("B", "T", self.config.num_units, self.config.unit_dim)
+            if steps
+            else ("B", self.config.num_units, self.config.unit_dim)
+        )
         check_shape(name, units, expected)
         check_finite(name, units)
 
@@ -408,8 +415,11 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         check_increasing("timestamps", timestamps)
         self._check_conditions("actions", actions, (b, t))
         if prediction_timestamps is None:
-            last_gap = timestamps[:, -1:] - timestamps[:, -2:-1] if t > 1 else torch.full_like(
-                timestamps[:, -1:], self.config.dt_reference)
+            last_gap = (
+                timestamps[:, -1:] - timestamps[:, -2:-1]
+                if t > 1
+                else torch.full_like(timestamps[:, -1:], self.config.dt_reference)
+            )
             prediction_timestamps = torch.cat([timestamps[:, 1:], timestamps[:, -1:] + last_gap], dim=1)
         check_shape("prediction_timestamps", prediction_timestamps, (b, t))
         check_finite("prediction_timestamps", prediction_timestamps)

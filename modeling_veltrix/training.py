@@ -134,7 +134,9 @@ class VeltrixEvolverStage(nn.Module):
         self.encoder.eval()
         return self
 
-    def _state_loss(self, predicted: torch.Tensor, target_units: torch.Tensor, target_frames: torch.Tensor) -> torch.Tensor:
+    def _state_loss(
+        self, predicted: torch.Tensor, target_units: torch.Tensor, target_frames: torch.Tensor
+    ) -> torch.Tensor:
         """Latent MSE + pixel MSE of the frozen readout of predicted units (B, T, U, D) vs frames (B, T, C, H, W)."""
         latent = F.mse_loss(predicted, target_units)
         pixel = F.mse_loss(self.encoder.decode_frames(predicted), target_frames)
@@ -153,7 +155,10 @@ class VeltrixEvolverStage(nn.Module):
         start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
         end = start + context + window
         rollout = self.evolver.rollout(
-            units[:, start : start + context], window, conditions=actions[:, start:end], timestamps=timestamps[:, start:end]
+            units[:, start : start + context],
+            window,
+            conditions=actions[:, start:end],
+            timestamps=timestamps[:, start:end],
         )
         open_loop_loss = self._state_loss(
             rollout.units, units[:, start + context : end], pixel_values[:, start + context : end]

@@ -1,0 +1,133 @@
+"""Rollout evaluation: per-horizon error of Veltrix against copy-last-frame and mean-of-context baselines.
+
+All errors are mean squared errors per future step `h = 1 … H`, in pixel space (frames in [-1, 1]) and in latent
+space (the encoder's units of the true future frames), averaged over held-out trajectories.
+"""
+
+import platform
+from dataclasses import dataclass
+
+import datasets
+import diffusers
+import numpy as np
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from .pipeline_veltrix import VeltrixPipeline
+
+PREDICTORS = ("veltrix", "copy_last", "mean_frame")
+
+
+@dataclass
+class RolloutEvaluation:
+    """Per-horizon MSE (arrays of length H) per predictor, and the frames (N, H, C, H, W) in [-1, 1]."""
+
+    pixel_mse: dict[str, np.ndarray]
+    latent_mse: dict[str, np.ndarray]
+    true_frames: torch.Tensor
+    predicted_frames: torch.Tensor
+    context_frames: torch.Tensor
+
+
+def per_horizon_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, H, ...) x (N, H, ...) -> (N, H): MSE per trajectory and horizon."""
+    return (prediction - target).pow(2).flatten(2).mean(-1)
+
+
+@torch.no_grad()
+def evaluate_rollouts(
+    pipeline: VeltrixPipeline,
+    dataset: datasets.Dataset,
+    context_length: int,
+    num_future_steps: int,
+    num_inference_steps: int = 8,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> RolloutEvaluation:
+    """Rolls the pipeline out from the first `context_length` steps of every trajectory of `dataset` (torch
+    format) for `num_future_steps` steps, with the trajectory's own actions and timestamps, and measures errors.
+
+    The decoder's noise for batch `i` comes from `torch.Generator().manual_seed(seed + i)`.
+    """
+    total_length = context_length + num_future_steps
+    if len(dataset) == 0:
+        raise ValueError("`dataset` must hold at least one trajectory, got 0.")
+    available = dataset[0]["pixel_values"].shape[0]
+    if total_length > available:
+        raise ValueError(
+            f"`context_length + num_future_steps` must be <= the trajectory length {available}, got {total_length}."
+        )
+    pixel = {name: [] for name in PREDICTORS}
+    latent = {name: [] for name in PREDICTORS}
+    truths, predictions, contexts = [], [], []
+    for index, start in enumerate(tqdm(range(0, len(dataset), batch_size), desc="evaluating rollouts")):
+        batch = dataset[start : start + batch_size]
+        frames = batch["pixel_values"][:, :total_length]
+        context, future = frames[:, :context_length], frames[:, context_length:]
+        output = pipeline(
+            context,
+            actions=batch["actions"][:, :total_length],
+            timestamps=batch["timestamps"][:, :total_length],
+            num_future_steps=num_future_steps,
+            num_inference_steps=num_inference_steps,
+            generator=torch.Generator().manual_seed(seed + index),
+            output_type="pt",
+        )
+        predicted = output.frames.cpu() * 2.0 - 1.0
+        baselines = {
+            "veltrix": predicted,
+            "copy_last": context[:, -1:].expand_as(future),
+            "mean_frame": context.mean(dim=1, keepdim=True).expand_as(future),
+        }
+        encoder = pipeline.encoder
+        context_units = encoder(context.to(encoder.device)).units.cpu()
+        future_units = encoder(future.to(encoder.device)).units.cpu()
+        latent_predictions = {
+            "veltrix": output.units.cpu(),
+            "copy_last": context_units[:, -1:].expand_as(future_units),
+            "mean_frame": context_units.mean(dim=1, keepdim=True).expand_as(future_units),
+        }
+        for name in PREDICTORS:
+            pixel[name].append(per_horizon_mse(baselines[name], future))
+            latent[name].append(per_horizon_mse(latent_predictions[name], future_units))
+        truths.append(future)
+        predictions.append(predicted)
+        contexts.append(context)
+    return RolloutEvaluation(
+        pixel_mse={name: torch.cat(values).mean(0).numpy() for name, values in pixel.items()},
+        latent_mse={name: torch.cat(values).mean(0).numpy() for name, values in latent.items()},
+        true_frames=torch.cat(truths),
+        predicted_frames=torch.cat(predictions),
+        context_frames=torch.cat(contexts),
+    )
+
+
+def rollout_targets(evaluation: RolloutEvaluation, window: int) -> list[dict]:
+    """The demo's targets, computed from the pixel-space errors (BENCHMARKS.md `targets` entries).
+
+    `mse_over_copy_last_within_window`: the largest ratio Veltrix / copy-last over horizons 1 … W.
+    `mse_over_mean_frame_within_half_window`: the largest ratio Veltrix / mean-frame over horizons 1 … W/2.
+    """
+    pixel = evaluation.pixel_mse
+    half = max(1, window // 2)
+    over_copy = pixel["veltrix"][:window] / pixel["copy_last"][:window]
+    over_mean = pixel["veltrix"][:half] / pixel["mean_frame"][:half]
+    return [
+        {"name": "mse_over_copy_last_within_window", "value": float(over_copy.max()), "op": "<", "target": 1.0},
+        {"name": "mse_over_mean_frame_within_half_window", "value": float(over_mean.max()), "op": "<", "target": 1.0},
+    ]
+
+
+def environment_record(pipeline: VeltrixPipeline) -> dict:
+    """Where a figure was measured: library versions, device, threads, kernel path, dtype."""
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "device": str(pipeline.device),
+        "threads": torch.get_num_threads(),
+        "kernel_path": "torch",
+        "dtype": str(pipeline.evolver.dtype).replace("torch.", ""),
+    }

@@ -1,0 +1,60 @@
+"""Pictures of rollouts: the ground truth | prediction | error GIF and the error-vs-horizon plot."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import torch  # noqa: E402
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(..., C, H, W) in [-1, 1] -> (..., H, W, C) uint8."""
+    images = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.movedim(-3, -1).numpy()
+
+
+def rollout_panels(truth: torch.Tensor, prediction: torch.Tensor, scale: int = 4) -> list[PIL.Image.Image]:
+    """One image per future step: a row per trajectory of [ground truth | prediction | |error|].
+
+    Args:
+        truth, prediction: (N, H, C, height, width) frames in [-1, 1].
+        scale: integer upscaling (nearest neighbour) so that 32-pixel frames are visible.
+    """
+    if truth.shape != prediction.shape:
+        raise ValueError(
+            f"`prediction` must have the shape of `truth` {tuple(truth.shape)}, got {tuple(prediction.shape)}."
+        )
+    error = (prediction - truth).abs() - 1.0  # |error| in [0, 2] shown on the [-1, 1] scale
+    columns = torch.cat([truth, prediction, error.clamp(-1, 1)], dim=-1)  # (N, H, C, h, 3w)
+    rows = torch.cat(list(columns), dim=-2)  # (H, C, N·h, 3w)
+    panels = _to_uint8(rows).repeat(scale, axis=1).repeat(scale, axis=2)
+    return [PIL.Image.fromarray(panel) for panel in panels]
+
+
+def save_rollout_gif(truth: torch.Tensor, prediction: torch.Tensor, path: str, frame_duration_ms: int = 200) -> None:
+    """Writes the [ground truth | prediction | error] animation to `path` (temporary file, then rename)."""
+    panels = rollout_panels(truth, prediction)
+    tmp = f"{path}.tmp"
+    panels[0].save(tmp, format="GIF", save_all=True, append_images=panels[1:], duration=frame_duration_ms, loop=0)
+    os.replace(tmp, path)
+
+
+def save_error_plot(pixel_mse: dict[str, np.ndarray], window: int, path: str) -> None:
+    """Plots pixel MSE against horizon for every predictor, marking the training window; writes a PNG."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, values in pixel_mse.items():
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    axis.axvline(window, color="grey", linestyle="--", label=f"training window W={window}")
+    axis.set_xlabel("horizon (steps)")
+    axis.set_ylabel("pixel MSE")
+    axis.set_title("Rollout error vs horizon (held-out trajectories)")
+    axis.legend()
+    figure.tight_layout()
+    tmp = f"{path}.tmp"
+    figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)

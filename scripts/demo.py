@@ -1,0 +1,192 @@
+"""The Veltrix demo: learn a small physical world on this machine, roll it out, save and reload the pipeline.
+
+    python scripts/demo.py --output-dir runs/demo
+
+Builds the built-in world (bouncing balls by default), trains the `veltrix-tiny` preset stage by stage
+(encoder -> evolver -> decoder), rolls out 3x the training window from held-out contexts and writes:
+
+    DIR/metrics.json   per-horizon rollout MSE (pixel and latent) of Veltrix, copy-last-frame and mean-frame
+    DIR/rollout.gif    ground truth | prediction | error, side by side
+    DIR/error_vs_horizon.png
+    DIR/pipeline/      the saved VeltrixPipeline
+
+then reloads DIR/pipeline in a fresh process and checks that it reproduces the rollout for the same seed.
+Re-running with the same DIR resumes: finished stages are loaded, an interrupted stage continues from its last
+checkpoint.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from safetensors.torch import save_file
+
+from modeling_veltrix import VeltrixPipeline
+from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
+from modeling_veltrix.training import (
+    STAGES,
+    VeltrixTrainingRecipe,
+    build_datasets,
+    load_or_create_models,
+    train_stage,
+    write_json_atomic,
+)
+from modeling_veltrix.visualization import save_error_plot, save_rollout_gif
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELOAD_CHECK_SEED = 1234
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", required=True, help="where the run, metrics, GIF and pipeline go")
+    parser.add_argument(
+        "--preset",
+        default=os.path.join(REPO_ROOT, "configuration", "veltrix-tiny"),
+        help="preset folder with encoder/, evolver/, decoder/, scheduler/ configs and recipe.json",
+    )
+    parser.add_argument("--world", default=None, help="override the recipe's world (bouncing_balls, pendulum)")
+    parser.add_argument(
+        "--num-inference-steps", type=int, default=8, help="Euler steps of the flow decoder for the rollout frames"
+    )
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps (smoke runs)")
+    return parser.parse_args()
+
+
+def scaled_recipe(args: argparse.Namespace) -> VeltrixTrainingRecipe:
+    recipe = VeltrixTrainingRecipe.from_json_file(os.path.join(args.preset, "recipe.json"))
+    if args.world is not None:
+        recipe.world = args.world
+    if args.steps_scale <= 0:
+        raise ValueError(f"`--steps-scale` must be > 0, got {args.steps_scale}.")
+    for stage in STAGES:
+        stage_recipe = getattr(recipe, stage)
+        stage_recipe.max_steps = max(1, round(stage_recipe.max_steps * args.steps_scale))
+        stage_recipe.warmup_steps = min(stage_recipe.warmup_steps, stage_recipe.max_steps // 2)
+    return recipe
+
+
+def reload_check(pipeline_dir: str, check_file: str) -> None:
+    """Reloads the saved pipeline in a fresh Python process and compares its rollout with the saved one."""
+    code = (
+        "import sys, torch\n"
+        "from modeling_veltrix import VeltrixPipeline\n"
+        "from safetensors.torch import load_file\n"
+        "pipe = VeltrixPipeline.from_pretrained(sys.argv[1])\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "ref = load_file(sys.argv[2])\n"
+        "out = pipe(ref['context'], actions=ref['actions'], timestamps=ref['timestamps'],\n"
+        "           num_future_steps=ref['frames'].shape[1], num_inference_steps=int(ref['num_inference_steps']),\n"
+        f"           generator=torch.Generator().manual_seed({RELOAD_CHECK_SEED}), output_type='pt')\n"
+        "diff = (out.frames - ref['frames']).abs().max().item()\n"
+        "print(f'reloaded pipeline: max abs difference of the rollout frames = {diff:.3g}')\n"
+        "sys.exit(0 if diff <= 1e-5 else 1)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code, pipeline_dir, check_file], env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit("The reloaded pipeline did not reproduce the rollout (see above).")
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.time()
+    os.makedirs(args.output_dir, exist_ok=True)
+    recipe = scaled_recipe(args)
+    recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
+    torch.manual_seed(recipe.seed)
+
+    train_dataset, held_out = build_datasets(recipe)
+    models = load_or_create_models(args.preset, args.output_dir)
+    for stage in STAGES:
+        if os.path.isdir(os.path.join(args.output_dir, stage)):
+            print(f"[veltrix] stage {stage}: already trained, loaded from {args.output_dir}/{stage}")
+            continue
+        print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
+        train_stage(stage, models, train_dataset, recipe, args.output_dir)
+
+    encoder, evolver, decoder = (model.eval() for model in models)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(args.preset, subfolder="scheduler")
+    pipeline = VeltrixPipeline(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline_dir = os.path.join(args.output_dir, "pipeline")
+    pipeline.save_pretrained(pipeline_dir)
+
+    horizon = 3 * recipe.rollout_window
+    evaluation = evaluate_rollouts(
+        pipeline, held_out, recipe.context_length, horizon, num_inference_steps=args.num_inference_steps, seed=0
+    )
+    metrics = {
+        "environment": {
+            **environment_record(pipeline),
+            "shapes": {
+                "held_out_trajectories": len(held_out),
+                "context_length": recipe.context_length,
+                "horizon": horizon,
+                "training_window": recipe.rollout_window,
+                "units_per_step": encoder.config.num_units_per_step,
+                "unit_dim": encoder.config.unit_dim,
+            },
+            "data": {"world": recipe.world, "split": "held-out", "seed": recipe.eval_seed},
+            "sampling": {
+                "decoder": "flow matching, FlowMatchEulerDiscreteScheduler",
+                "num_inference_steps": args.num_inference_steps,
+                "initial_noise": "standard normal (a sharp sample, not the conditional mean)",
+                "generator_seed": 0,
+            },
+            "wall_clock_s": None,
+        },
+        "results": {
+            "horizons": list(range(1, horizon + 1)),
+            "pixel_mse": {name: values.tolist() for name, values in evaluation.pixel_mse.items()},
+            "latent_mse": {name: values.tolist() for name, values in evaluation.latent_mse.items()},
+            "parameters": {
+                name: sum(p.numel() for p in model.parameters())
+                for name, model in (("encoder", encoder), ("evolver", evolver), ("decoder", decoder))
+            },
+        },
+        "targets": rollout_targets(evaluation, recipe.rollout_window),
+    }
+    save_rollout_gif(
+        evaluation.true_frames[:4], evaluation.predicted_frames[:4], os.path.join(args.output_dir, "rollout.gif")
+    )
+    save_error_plot(evaluation.pixel_mse, recipe.rollout_window, os.path.join(args.output_dir, "error_vs_horizon.png"))
+
+    check_file = os.path.join(args.output_dir, "reload_check.safetensors")
+    sample = held_out[:2]
+    total = recipe.context_length + horizon
+    reference = pipeline(
+        sample["pixel_values"][:, : recipe.context_length],
+        actions=sample["actions"][:, :total],
+        timestamps=sample["timestamps"][:, :total],
+        num_future_steps=horizon,
+        num_inference_steps=args.num_inference_steps,
+        generator=torch.Generator().manual_seed(RELOAD_CHECK_SEED),
+        output_type="pt",
+    )
+    save_file(
+        {
+            "context": sample["pixel_values"][:, : recipe.context_length].contiguous(),
+            "actions": sample["actions"][:, :total].contiguous(),
+            "timestamps": sample["timestamps"][:, :total].contiguous(),
+            "frames": reference.frames.contiguous(),
+            "num_inference_steps": torch.tensor(args.num_inference_steps),
+        },
+        check_file,
+    )
+    reload_check(pipeline_dir, check_file)
+
+    metrics["environment"]["wall_clock_s"] = round(time.time() - started, 1)
+    write_json_atomic(os.path.join(args.output_dir, "metrics.json"), metrics)
+    for target in metrics["targets"]:
+        verdict = "met" if target["value"] < target["target"] else "NOT met"
+        print(f"[veltrix] {target['name']} = {target['value']:.3f} ({target['op']} {target['target']}: {verdict})")
+    print(f"[veltrix] done in {metrics['environment']['wall_clock_s']} s; outputs in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
