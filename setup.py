@@ -1,6 +1,6 @@
 """Installs the `modeling_veltrix` package. Install torch first where a CPU build is wanted:
 
-    pip install torch==2.13.0 && pip install -e ".[test,demo]"
+pip install torch==2.13.0 && pip install -e ".[test,demo]"
 """
 
 from setuptools import setup

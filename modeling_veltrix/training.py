@@ -8,11 +8,13 @@ checkpoints are resumable; each finished stage is saved with `save_pretrained` u
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 
 import datasets
 import torch
 import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -21,6 +23,7 @@ from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
 from .modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel
 from .modeling_veltrix_evolver import VeltrixEvolverModel
+from .pipeline_veltrix import VeltrixPipeline
 from .worlds import build_world_dataset
 
 STAGES = ("encoder", "evolver", "decoder")
@@ -106,6 +109,16 @@ def write_json_atomic(path: str, payload: dict) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
         handle.write("\n")
+    os.replace(tmp, path)
+
+
+def save_pretrained_atomic(model, path: str) -> None:
+    """`model.save_pretrained` into a temporary folder next to `path`, then renamed to `path`: a folder at `path`
+    is always complete (works for transformers and diffusers models and pipelines)."""
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
 
@@ -296,5 +309,14 @@ def train_stage(
     result = trainer.train(resume_from_checkpoint=last)
     component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[stage]
     if trainer.is_world_process_zero():
-        component.save_pretrained(os.path.join(output_dir, stage))
+        save_pretrained_atomic(component, os.path.join(output_dir, stage))
     return result.metrics
+
+
+def assemble_pipeline(
+    models: tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel], preset_dir: str
+) -> VeltrixPipeline:
+    """The trained components + the preset's scheduler as a `VeltrixPipeline` in eval mode."""
+    encoder, evolver, decoder = (model.eval() for model in models)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(preset_dir, subfolder="scheduler")
+    return VeltrixPipeline(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)

@@ -22,16 +22,16 @@ import sys
 import time
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import save_file
 
-from modeling_veltrix import VeltrixPipeline
 from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
 from modeling_veltrix.training import (
     STAGES,
     VeltrixTrainingRecipe,
+    assemble_pipeline,
     build_datasets,
     load_or_create_models,
+    save_pretrained_atomic,
     train_stage,
     write_json_atomic,
 )
@@ -109,12 +109,11 @@ def main() -> None:
         print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
         train_stage(stage, models, train_dataset, recipe, args.output_dir)
 
-    encoder, evolver, decoder = (model.eval() for model in models)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(args.preset, subfolder="scheduler")
-    pipeline = VeltrixPipeline(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
+    pipeline = assemble_pipeline(models, args.preset)
+    encoder, evolver, decoder = models
     pipeline.set_progress_bar_config(disable=True)
     pipeline_dir = os.path.join(args.output_dir, "pipeline")
-    pipeline.save_pretrained(pipeline_dir)
+    save_pretrained_atomic(pipeline, pipeline_dir)
 
     horizon = 3 * recipe.rollout_window
     evaluation = evaluate_rollouts(

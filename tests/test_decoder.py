@@ -193,18 +193,14 @@ def test_euler_sampling_is_deterministic():
     _, _, units = get_inputs()
     first = euler_sample(decoder, units, seed=7, num_inference_steps=4)
     assert first.shape == (BATCH, CHANNELS, SIZE, SIZE) and torch.isfinite(first).all()
-    torch.testing.assert_close(
-        euler_sample(decoder, units, seed=7, num_inference_steps=4), first, rtol=0, atol=0
-    )
+    torch.testing.assert_close(euler_sample(decoder, units, seed=7, num_inference_steps=4), first, rtol=0, atol=0)
     assert not torch.equal(euler_sample(decoder, units, seed=8, num_inference_steps=4), first)
 
 
 def test_overfits_two_images_and_samples_them_back():
     generator = torch.Generator().manual_seed(0)
     # Smooth frames in [-1, 1] (4x4 random colours, bilinearly upsampled) with distinct contexts.
-    images = F.interpolate(
-        torch.rand(2, CHANNELS, 4, 4, generator=generator) * 2 - 1, size=SIZE, mode="bilinear"
-    )
+    images = F.interpolate(torch.rand(2, CHANNELS, 4, 4, generator=generator) * 2 - 1, size=SIZE, mode="bilinear")
     units = torch.randn(2, UNITS, UNIT_DIM, generator=generator)
     decoder = get_tiny_decoder()
     untrained_psnr = psnr(euler_sample(decoder, units, seed=1), images)

@@ -1,0 +1,116 @@
+"""VeltrixPipeline on tiny random weights: every output_type, determinism, save/load (also in a fresh process),
+input validation."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import IMAGE_SIZE, random_frames
+from safetensors.torch import save_file
+
+from modeling_veltrix import VeltrixPipeline
+
+
+def call(pipe, seed=0, **kwargs):
+    values = dict(num_future_steps=3, num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
+    return pipe(random_frames(), **{**values, **kwargs})
+
+
+def test_every_output_type(tiny_pipeline):
+    pt = call(tiny_pipeline, output_type="pt")
+    assert pt.frames.shape == (2, 3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert 0.0 <= pt.frames.min() and pt.frames.max() <= 1.0
+    assert pt.units.shape == (2, 3, 16, 8)
+    assert pt.timestamps.shape == (2, 3)
+
+    np_out = call(tiny_pipeline, output_type="np")
+    assert isinstance(np_out.frames, np.ndarray) and np_out.frames.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE, 3)
+    np.testing.assert_allclose(np_out.frames, pt.frames.permute(0, 1, 3, 4, 2).numpy(), atol=1e-6)
+
+    pil = call(tiny_pipeline, output_type="pil")
+    assert len(pil.frames) == 2 and len(pil.frames[0]) == 3
+    assert isinstance(pil.frames[0][0], PIL.Image.Image) and pil.frames[0][0].size == (IMAGE_SIZE, IMAGE_SIZE)
+
+    latent = call(tiny_pipeline, output_type="latent")
+    assert latent.frames is None
+    torch.testing.assert_close(latent.units, pt.units)
+
+    frames, units, timestamps = call(tiny_pipeline, output_type="pt", return_dict=False)
+    torch.testing.assert_close(frames, pt.frames)
+
+
+def test_seed_determinism(tiny_pipeline):
+    a = call(tiny_pipeline, seed=1, output_type="pt").frames
+    b = call(tiny_pipeline, seed=1, output_type="pt").frames
+    c = call(tiny_pipeline, seed=2, output_type="pt").frames
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_actions_and_timestamps(tiny_pipeline):
+    actions = torch.randn(2, 6, 2)
+    timestamps = torch.cumsum(torch.rand(2, 6) * 0.1 + 0.05, dim=1)
+    out = call(tiny_pipeline, actions=actions, timestamps=timestamps, output_type="latent")
+    torch.testing.assert_close(out.timestamps, timestamps[:, 3:])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"output_type": "gif"}, "output_type"),
+        ({"num_future_steps": 0}, "num_future_steps"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"frames": torch.full((1, 2, 3, IMAGE_SIZE, IMAGE_SIZE), float("nan"))}, "pixel_values"),
+        ({"frames": torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)}, "pixel_values"),
+        ({"actions": torch.zeros(2, 3, 2)}, "actions"),
+        ({"timestamps": torch.tensor([[0.0, 0.1, 0.1, 0.2, 0.3, 0.4]] * 2)}, "timestamps"),
+        ({"timestamps": torch.zeros(2, 4)}, "timestamps"),
+    ],
+)
+def test_bad_inputs(tiny_pipeline, kwargs, argument):
+    frames = kwargs.pop("frames", random_frames())
+    with pytest.raises(ValueError, match=argument):
+        tiny_pipeline(frames, num_future_steps=kwargs.pop("num_future_steps", 3), **kwargs)
+
+
+def test_save_load_reproduces_in_a_fresh_process(tiny_pipeline, tmp_path):
+    pipe_dir = tmp_path / "pipeline"
+    tiny_pipeline.save_pretrained(pipe_dir)
+    for component, weights in (
+        ("encoder", "model.safetensors"),
+        ("evolver", "model.safetensors"),
+        ("decoder", "diffusion_pytorch_model.safetensors"),
+    ):
+        assert (pipe_dir / component / weights).exists()
+    assert not list(pipe_dir.rglob("*.bin"))
+
+    reference = call(tiny_pipeline, seed=7, output_type="pt")
+    loaded = VeltrixPipeline.from_pretrained(pipe_dir)
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(call(loaded, seed=7, output_type="pt").frames, reference.frames)
+
+    save_file({"frames": random_frames(), "expected": reference.frames.contiguous()}, tmp_path / "ref.safetensors")
+    code = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "from modeling_veltrix import VeltrixPipeline\n"
+        "pipe = VeltrixPipeline.from_pretrained(sys.argv[1])\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "ref = load_file(sys.argv[2])\n"
+        "out = pipe(ref['frames'], num_future_steps=3, num_inference_steps=2,\n"
+        "           generator=torch.Generator().manual_seed(7), output_type='pt')\n"
+        "assert torch.equal(out.frames, ref['expected']), (out.frames - ref['expected']).abs().max()\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(pipe_dir), str(tmp_path / "ref.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
