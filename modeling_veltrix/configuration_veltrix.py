@@ -59,7 +59,8 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the normalisation layers.
         initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialisation of linear layers.
+            Standard deviation of the normal initialisation of the position embeddings and learned queries
+            (linear and convolution layers use fan-in scaled initialisation).
 
     Example:
 

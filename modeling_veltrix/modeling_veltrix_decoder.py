@@ -145,6 +145,10 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             keeps attention logits bounded when training at high learning rates.
         dropout (`float`, *optional*, defaults to 0.0):
             Dropout probability in attention and MLP.
+        aligned_context (`bool`, *optional*, defaults to `False`):
+            For units that form the decoder's patch grid (`U == (sample_size // patch_size) ** 2`, the encoder's
+            `"grid"` layout with the same patch size): also add each unit's projection to its patch token, on top
+            of the cross-attention. Spatially aligned conditioning makes the decoder learn far faster.
         norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the layer norms.
 
@@ -177,6 +181,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         qk_norm: str | None = "rms_norm",
         dropout: float = 0.0,
         norm_eps: float = 1e-6,
+        aligned_context: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -209,6 +214,11 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
+        if aligned_context and max_context_units < (sample_size // patch_size) ** 2:
+            raise ValueError(
+                f"`max_context_units` must be >= the number of patches ({(sample_size // patch_size) ** 2}) "
+                f"with `aligned_context=True`, got {max_context_units}."
+            )
 
         self.patch_embed = PatchEmbed(
             height=sample_size,
@@ -223,6 +233,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         self.context_proj = nn.Linear(cross_attention_dim, hidden_size)
         self.context_pos_embed = nn.Embedding(max_context_units, hidden_size)
         self.context_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
+        self.aligned_proj = nn.Linear(cross_attention_dim, hidden_size) if aligned_context else None
         self.blocks = nn.ModuleList(
             [
                 VeltrixDecoderBlock(hidden_size, num_attention_heads, mlp_ratio, qk_norm, dropout, norm_eps)
@@ -278,6 +289,12 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`encoder_hidden_states` must have shape (B, U, {width}) with 1 <= U <= {max_units}, "
                 f"got {describe(encoder_hidden_states)}."
+            )
+        num_patches = (size // self.config.patch_size) ** 2
+        if self.config.aligned_context and encoder_hidden_states.shape[1] != num_patches:
+            raise ValueError(
+                f"`encoder_hidden_states` must hold one unit per patch, shape (B, {num_patches}, {width}), with "
+                f"`aligned_context=True`, got {tuple(encoder_hidden_states.shape)}."
             )
         if encoder_hidden_states.shape[0] != batch_size:
             raise ValueError(
@@ -338,6 +355,8 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         """
         timestep = self.check_inputs(sample, timestep, encoder_hidden_states)
         hidden_states = self.patch_embed(sample)  # (B, N, D)
+        if self.aligned_proj is not None:
+            hidden_states = hidden_states + self.aligned_proj(encoder_hidden_states)  # unit i -> patch i
         temb = self.time_embedding(self.time_proj(timestep).to(hidden_states.dtype))  # (B, D)
         context = self._embed_context(encoder_hidden_states)  # (B, U, D)
         for block in self.blocks:

@@ -9,6 +9,7 @@ Perceiver / Flamingo, coarser). Units pass through `tanh`, so the evolver works 
 reconstruction; the flow-matching decoder (`VeltrixDecoderModel`) renders sharp frames from the same units.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -131,8 +132,15 @@ class VeltrixEncoderPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VeltrixLocalMixingBlock", "VeltrixCrossAttention"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
         std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            # Fan-in scaled (PyTorch's default) rather than a fixed small std: the encoder is a short chain of
+            # projections without residual normalisation around each, and a 0.02 std starves its gradients.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            fan_in = module.weight[0].numel()
+            init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            return
+        super()._init_weights(module)
         if isinstance(module, VeltrixEncoderModel):
             init.normal_(module.position_embedding, std=std)
             if module.unit_queries is not None:
