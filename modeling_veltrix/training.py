@@ -24,7 +24,7 @@ from .modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel
 from .modeling_veltrix_evolver import VeltrixEvolverModel
 from .pipeline_veltrix import VeltrixPipeline
-from .worlds import build_world_dataset
+from .worlds import build_world_dataset, world_metadata
 
 STAGES = ("encoder", "evolver", "decoder")
 COMPONENTS = ("encoder", "evolver", "decoder")
@@ -206,6 +206,11 @@ class VeltrixDecoderStage(nn.Module):
         return {"loss": loss}
 
 
+def world_action_dim(recipe: VeltrixTrainingRecipe) -> int:
+    """Width of the actions of the recipe's world."""
+    return world_metadata(recipe.world).action_dim
+
+
 def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The recipe's world as (train, held-out) `datasets.Dataset`s in torch format; held-out uses another seed."""
     common = {"world": recipe.world, "num_steps": recipe.trajectory_length}
@@ -215,10 +220,12 @@ def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, dat
 
 
 def load_or_create_models(
-    model_dir: str, output_dir: str
+    model_dir: str, output_dir: str, action_dim: int | None = None
 ) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel]:
     """Loads each component trained already in `output_dir`, else creates it from the preset folder `model_dir`
-    (`<model_dir>/{encoder,evolver,decoder}/config.json`)."""
+    (`<model_dir>/{encoder,evolver,decoder}/config.json`); `action_dim` overrides the preset's action width
+    (a world's actions decide it)."""
+    overrides = {} if action_dim is None else {"action_dim": action_dim}
 
     def trained(component: str) -> str | None:
         path = os.path.join(output_dir, component)
@@ -228,12 +235,12 @@ def load_or_create_models(
     encoder = (
         VeltrixEncoderModel.from_pretrained(encoder_path)
         if encoder_path
-        else VeltrixEncoderModel(VeltrixEncoderConfig.from_pretrained(os.path.join(model_dir, "encoder")))
+        else VeltrixEncoderModel(VeltrixEncoderConfig.from_pretrained(os.path.join(model_dir, "encoder"), **overrides))
     )
     evolver = (
         VeltrixEvolverModel.from_pretrained(evolver_path)
         if evolver_path
-        else VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(os.path.join(model_dir, "evolver")))
+        else VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(os.path.join(model_dir, "evolver"), **overrides))
     )
     decoder = (
         VeltrixDecoderModel.from_pretrained(decoder_path)

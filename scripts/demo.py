@@ -17,6 +17,7 @@ checkpoint.
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
+from modeling_veltrix.model_card import render_model_card, save_model_card
 from modeling_veltrix.training import (
     STAGES,
     VeltrixTrainingRecipe,
@@ -33,6 +35,7 @@ from modeling_veltrix.training import (
     load_or_create_models,
     save_pretrained_atomic,
     train_stage,
+    world_action_dim,
     write_json_atomic,
 )
 from modeling_veltrix.visualization import save_error_plot, save_rollout_gif
@@ -101,7 +104,7 @@ def main() -> None:
     torch.manual_seed(recipe.seed)
 
     train_dataset, held_out = build_datasets(recipe)
-    models = load_or_create_models(args.preset, args.output_dir)
+    models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
     for stage in STAGES:
         if os.path.isdir(os.path.join(args.output_dir, stage)):
             print(f"[veltrix] stage {stage}: already trained, loaded from {args.output_dir}/{stage}")
@@ -181,6 +184,12 @@ def main() -> None:
 
     metrics["environment"]["wall_clock_s"] = round(time.time() - started, 1)
     write_json_atomic(os.path.join(args.output_dir, "metrics.json"), metrics)
+    for name in ("rollout.gif", "error_vs_horizon.png", "recipe.json", "metrics.json"):
+        shutil.copyfile(os.path.join(args.output_dir, name), os.path.join(pipeline_dir, name))
+    card = render_model_card(
+        os.path.join(REPO_ROOT, "model_card.md"), metrics, "veltrix-tiny-" + recipe.world, pipeline_dir
+    )
+    save_model_card(card, pipeline_dir)
     for target in metrics["targets"]:
         verdict = "met" if target["value"] < target["target"] else "NOT met"
         print(f"[veltrix] {target['name']} = {target['value']:.3f} ({target['op']} {target['target']}: {verdict})")

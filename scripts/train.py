@@ -21,6 +21,7 @@ from modeling_veltrix.training import (
     load_or_create_models,
     save_pretrained_atomic,
     train_stage,
+    world_action_dim,
 )
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     os.makedirs(args.output_dir, exist_ok=True)
     recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
     train_dataset, _ = build_datasets(recipe)
-    models = load_or_create_models(args.preset, args.output_dir)
+    models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
     for stage in STAGES if args.stage == "all" else (args.stage,):
         metrics = train_stage(stage, models, train_dataset, recipe, args.output_dir, resume=not args.no_resume)
         print(f"[veltrix] stage {stage} finished: {metrics}")

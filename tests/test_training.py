@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_decoder, tiny_encoder_config, tiny_evolver_config
+from huggingface_hub import ModelCard
 from PIL import Image
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
@@ -141,3 +142,12 @@ def test_demo_end_to_end(tmp_path):
     assert gif.n_frames == 6 and gif.size == (3 * 32 * 4, 3 * 32 * 4)
     assert (out / "error_vs_horizon.png").stat().st_size > 0
     assert (out / "pipeline" / "model_index.json").exists()
+    card = ModelCard.load(out / "pipeline" / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "image-to-video"
+    assert {result.metric_name for result in card.data.eval_results} == {
+        "pixel MSE at horizon 1",
+        "pixel MSE at horizon 2",
+        "pixel MSE at horizon 6",
+    }
+    assert "| horizon | veltrix | copy_last | mean_frame |" in card.text
+    assert "{{" not in card.content
