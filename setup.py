@@ -24,6 +24,7 @@ setup(
         "evaluate>=0.4",
         "numpy",
         "pillow",
+        "torchmetrics>=1.0",
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],

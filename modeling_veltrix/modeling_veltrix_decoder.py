@@ -149,6 +149,10 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             For units that form the decoder's patch grid (`U == (sample_size // patch_size) ** 2`, the encoder's
             `"grid"` layout with the same patch size): also add each unit's projection to its patch token, on top
             of the cross-attention. Spatially aligned conditioning makes the decoder learn far faster.
+        temporal_context (`bool`, *optional*, defaults to `False`):
+            Also condition on the previous frame of the trajectory (`previous_frame`, concatenated to the noisy
+            sample along channels) for frame-to-frame consistency; the pipeline then decodes a rollout step by
+            step in time (batched over trajectories), feeding each decoded frame to the next step.
         norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the layer norms.
 
@@ -182,6 +186,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         norm_eps: float = 1e-6,
         aligned_context: bool = False,
+        temporal_context: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -224,7 +229,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             height=sample_size,
             width=sample_size,
             patch_size=patch_size,
-            in_channels=in_channels,
+            in_channels=in_channels * (2 if temporal_context else 1),
             embed_dim=hidden_size,
             pos_embed_type="sincos",
         )
@@ -268,7 +273,11 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             nn.init.zeros_(layer.bias)
 
     def check_inputs(
-        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+        previous_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Validate the inputs of :meth:`forward` and return the timestep broadcast to shape (B,).
 
@@ -313,6 +322,16 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         ):
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ValueError(f"`{name}` must be finite, got NaN or infinite values (shape {tuple(tensor.shape)}).")
+        if self.config.temporal_context:
+            if not isinstance(previous_frame, torch.Tensor) or previous_frame.shape != sample.shape:
+                raise ValueError(
+                    f"`previous_frame` must have the shape of `sample` {tuple(sample.shape)} with "
+                    f"`temporal_context=True`, got {describe(previous_frame)}."
+                )
+            if not torch.isfinite(previous_frame).all():
+                raise ValueError("`previous_frame` must be finite, got NaN or infinite values.")
+        elif previous_frame is not None:
+            raise ValueError("`previous_frame` was given but this decoder has `temporal_context=False`.")
         return timestep
 
     def _embed_context(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
@@ -335,6 +354,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         sample: torch.Tensor,
         timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
+        previous_frame: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> VeltrixDecoderOutput | tuple[torch.Tensor]:
         """Predict the flow velocity of a noisy frame.
@@ -347,13 +367,17 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 by default. A scalar is broadcast to the batch.
             encoder_hidden_states (`torch.Tensor` of shape `(B, U, cross_attention_dim)`):
                 The step's state units, ``1 <= U <= max_context_units``.
+            previous_frame (`torch.Tensor` of shape `(B, in_channels, sample_size, sample_size)`, *optional*):
+                The trajectory's previous frame in [-1, 1]; required exactly when `temporal_context=True`.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a :class:`VeltrixDecoderOutput` instead of a tuple.
 
         Returns:
             :class:`VeltrixDecoderOutput` or `(velocity,)`, the velocity ``ε − x_0`` of the shape of `sample`.
         """
-        timestep = self.check_inputs(sample, timestep, encoder_hidden_states)
+        timestep = self.check_inputs(sample, timestep, encoder_hidden_states, previous_frame)
+        if previous_frame is not None:
+            sample = torch.cat([sample, previous_frame], dim=1)  # (B, 2C, H, W)
         hidden_states = self.patch_embed(sample)  # (B, N, D)
         if self.aligned_proj is not None:
             hidden_states = hidden_states + self.aligned_proj(encoder_hidden_states)  # unit i -> patch i
@@ -381,6 +405,7 @@ def flow_matching_loss(
     logit_std: float = 1.0,
     mode_scale: float = 1.29,
     num_train_timesteps: int = 1000,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rectified-flow (conditional flow matching) loss of `decoder` on clean frames.
 
@@ -400,6 +425,9 @@ def flow_matching_loss(
         mode_scale (`float`, *optional*, defaults to 1.29): Scale of the mode density.
         num_train_timesteps (`int`, *optional*, defaults to 1000):
             ``num_train_timesteps`` of the `FlowMatchEulerDiscreteScheduler` used for sampling.
+        noise (`torch.Tensor` of shape `(B, C, H, W)`, *optional*):
+            The noise ``ε`` paired with each frame; drawn independently when `None`. Reflow (Liu et al. 2022)
+            passes the noise from which a teacher sampled each frame, which straightens the learned paths.
 
     Returns:
         `torch.Tensor`: the scalar loss, in float32.
@@ -418,7 +446,12 @@ def flow_matching_loss(
         device=generator.device if generator is not None else device,
         generator=generator,
     ).to(device=device, dtype=pixel_values.dtype)
-    noise = randn_tensor(pixel_values.shape, generator=generator, device=device, dtype=pixel_values.dtype)
+    if noise is None:
+        noise = randn_tensor(pixel_values.shape, generator=generator, device=device, dtype=pixel_values.dtype)
+    elif not isinstance(noise, torch.Tensor) or noise.shape != pixel_values.shape:
+        raise ValueError(
+            f"`noise` must have the shape of `pixel_values` {tuple(pixel_values.shape)}, got {describe(noise)}."
+        )
     sigmas_4d = sigmas[:, None, None, None]  # (B, 1, 1, 1)
     noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
     velocity = decoder(noisy, sigmas * num_train_timesteps, encoder_hidden_states).sample

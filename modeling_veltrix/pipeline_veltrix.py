@@ -95,10 +95,16 @@ class VeltrixPipeline(DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def decode_units(
-        self, units: torch.Tensor, num_inference_steps: int, generator: torch.Generator | None = None
+        self,
+        units: torch.Tensor,
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Samples frames (N, C, H, W) in [-1, 1] for units (N, U, D) with `num_inference_steps` Euler steps."""
-        latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
+        """Samples frames (N, C, H, W) in [-1, 1] for units (N, U, D) with `num_inference_steps` Euler steps,
+        starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`."""
+        if latents is None:
+            latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in self.scheduler.timesteps:

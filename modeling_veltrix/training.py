@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -26,8 +27,10 @@ from .modeling_veltrix_evolver import VeltrixEvolverModel
 from .pipeline_veltrix import VeltrixPipeline
 from .worlds import build_world_dataset, world_metadata
 
-STAGES = ("encoder", "evolver", "decoder")
+STAGES = ("encoder", "evolver", "decoder", "reflow")
 COMPONENTS = ("encoder", "evolver", "decoder")
+# The component each stage trains; `reflow` fine-tunes the decoder for few-step sampling.
+STAGE_COMPONENT = {"encoder": "encoder", "evolver": "evolver", "decoder": "decoder", "reflow": "decoder"}
 
 
 @dataclass
@@ -69,10 +72,14 @@ class VeltrixTrainingRecipe:
     open_loop_weight: float = 1.0
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
+    reflow_num_pairs: int = 4096
+    reflow_teacher_steps: int = 16
+    reflow_time_sampling: str = "uniform"
     seed: int = 0
     encoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     evolver: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     decoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
+    reflow: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
 
     def __post_init__(self) -> None:
         for name in STAGES:
@@ -180,6 +187,54 @@ class VeltrixEvolverStage(nn.Module):
         return {"loss": loss}
 
 
+class VeltrixReflowStage(nn.Module):
+    """Reflow (Liu et al. 2022): flow matching on (noise, teacher sample) pairs straightens the decoder's paths,
+    so that a few Euler steps (down to one) land where many did."""
+
+    def __init__(self, decoder: VeltrixDecoderModel, recipe: VeltrixTrainingRecipe):
+        super().__init__()
+        self.decoder = decoder
+        self.recipe = recipe
+
+    def forward(self, noise: torch.Tensor, pixel_values: torch.Tensor, units: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = flow_matching_loss(
+            self.decoder, pixel_values, units, noise=noise, time_sampling=self.recipe.reflow_time_sampling
+        )
+        return {"loss": loss}
+
+
+@torch.no_grad()
+def build_reflow_pairs(
+    pipeline: VeltrixPipeline, train_dataset: datasets.Dataset, recipe: VeltrixTrainingRecipe, batch_size: int = 256
+) -> datasets.Dataset:
+    """`recipe.reflow_num_pairs` (noise, teacher sample, units) triples: frames drawn from `train_dataset` (torch
+    format) are encoded, and the current decoder samples each from its own noise with
+    `recipe.reflow_teacher_steps` Euler steps. Deterministic for `recipe.seed`."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    num_trajectories, num_steps = len(train_dataset), recipe.trajectory_length
+    picks = torch.randperm(num_trajectories * num_steps, generator=generator)[: recipe.reflow_num_pairs]
+    pipeline.set_progress_bar_config(disable=True)
+    columns = {"noise": [], "pixel_values": [], "units": []}
+    for start in tqdm(range(0, len(picks), batch_size), desc="reflow pairs"):
+        chunk = picks[start : start + batch_size]
+        trajectories, steps = (chunk // num_steps).tolist(), chunk % num_steps
+        frames = train_dataset[trajectories]["pixel_values"][torch.arange(len(chunk)), steps]  # (N, C, H, W)
+        units = pipeline.encoder(frames[:, None]).units[:, 0]  # (N, U, D)
+        noise = pipeline.prepare_latents(len(chunk), units.dtype, units.device, generator)
+        columns["noise"].append(noise)
+        columns["pixel_values"].append(pipeline.decode_units(units, recipe.reflow_teacher_steps, latents=noise))
+        columns["units"].append(units)
+    arrays = {name: torch.cat(values).cpu().numpy() for name, values in columns.items()}
+    features = datasets.Features(
+        {
+            "noise": datasets.Array3D(arrays["noise"].shape[1:], "float32"),
+            "pixel_values": datasets.Array3D(arrays["pixel_values"].shape[1:], "float32"),
+            "units": datasets.Array2D(arrays["units"].shape[1:], "float32"),
+        }
+    )
+    return datasets.Dataset.from_dict(arrays, features=features).with_format("torch")
+
+
 class VeltrixDecoderStage(nn.Module):
     """Flow-matching decoder of frames conditioned on the frozen encoder's units of the same step."""
 
@@ -231,7 +286,8 @@ def load_or_create_models(
         path = os.path.join(output_dir, component)
         return path if os.path.isdir(path) else None
 
-    encoder_path, evolver_path, decoder_path = (trained(c) for c in COMPONENTS)
+    encoder_path, evolver_path = trained("encoder"), trained("evolver")
+    decoder_path = trained("reflow") or trained("decoder")
     encoder = (
         VeltrixEncoderModel.from_pretrained(encoder_path)
         if encoder_path
@@ -280,7 +336,9 @@ def train_stage(
     output_dir: str,
     resume: bool = True,
 ) -> dict[str, float]:
-    """Trains one stage with `transformers.Trainer` and saves the trained component to `<output_dir>/<component>`.
+    """Trains one stage with `transformers.Trainer` and saves the trained component to `<output_dir>/<stage>`.
+
+    `train_dataset` holds trajectories, or for `reflow` the pairs of `build_reflow_pairs`.
 
     Checkpoints go to `<output_dir>/checkpoints/<stage>`; with `resume=True` training continues from the last one.
     Returns the Trainer's training metrics.
@@ -292,6 +350,7 @@ def train_stage(
         "encoder": lambda: VeltrixEncoderStage(encoder),
         "evolver": lambda: VeltrixEvolverStage(encoder, evolver, recipe),
         "decoder": lambda: VeltrixDecoderStage(encoder, decoder, recipe),
+        "reflow": lambda: VeltrixReflowStage(decoder, recipe),
     }[stage]()
     stage_recipe: VeltrixStageRecipe = getattr(recipe, stage)
     checkpoint_dir = os.path.join(output_dir, "checkpoints", stage)
@@ -314,7 +373,7 @@ def train_stage(
     trainer = Trainer(model=module, args=args, train_dataset=train_dataset)
     last = get_last_checkpoint(checkpoint_dir) if resume and os.path.isdir(checkpoint_dir) else None
     result = trainer.train(resume_from_checkpoint=last)
-    component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[stage]
+    component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
     if trainer.is_world_process_zero():
         save_pretrained_atomic(component, os.path.join(output_dir, stage))
     return result.metrics
@@ -327,3 +386,29 @@ def assemble_pipeline(
     encoder, evolver, decoder = (model.eval() for model in models)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(preset_dir, subfolder="scheduler")
     return VeltrixPipeline(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
+
+
+def train_stages(
+    stages: tuple[str, ...],
+    models: tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel],
+    preset_dir: str,
+    train_dataset: datasets.Dataset,
+    recipe: VeltrixTrainingRecipe,
+    output_dir: str,
+    skip_finished: bool = False,
+    resume: bool = True,
+) -> None:
+    """Trains `stages` in order (building the reflow pairs when `reflow` comes); with `skip_finished`, a stage
+    whose folder `<output_dir>/<stage>` exists is not trained again."""
+    for stage in stages:
+        if skip_finished and os.path.isdir(os.path.join(output_dir, stage)):
+            print(f"[veltrix] stage {stage}: already trained, loaded from {os.path.join(output_dir, stage)}")
+            continue
+        data = (
+            build_reflow_pairs(assemble_pipeline(models, preset_dir), train_dataset, recipe)
+            if stage == "reflow"
+            else train_dataset
+        )
+        print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
+        metrics = train_stage(stage, models, data, recipe, output_dir, resume=resume)
+        print(f"[veltrix] stage {stage} finished: train_loss={metrics['train_loss']:.5g}")

@@ -34,7 +34,7 @@ from modeling_veltrix.training import (
     build_datasets,
     load_or_create_models,
     save_pretrained_atomic,
-    train_stage,
+    train_stages,
     world_action_dim,
     write_json_atomic,
 )
@@ -105,12 +105,7 @@ def main() -> None:
 
     train_dataset, held_out = build_datasets(recipe)
     models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
-    for stage in STAGES:
-        if os.path.isdir(os.path.join(args.output_dir, stage)):
-            print(f"[veltrix] stage {stage}: already trained, loaded from {args.output_dir}/{stage}")
-            continue
-        print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
-        train_stage(stage, models, train_dataset, recipe, args.output_dir)
+    train_stages(STAGES, models, args.preset, train_dataset, recipe, args.output_dir, skip_finished=True)
 
     pipeline = assemble_pipeline(models, args.preset)
     encoder, evolver, decoder = models

@@ -4,9 +4,10 @@
     accelerate launch scripts/train.py --preset configuration/veltrix-small --output-dir runs/small --stage evolver
 
 Stages: `encoder` (encoder + frame readout, reconstruction), `evolver` (frozen encoder; teacher forcing + open-loop
-window), `decoder` (flow matching on frozen units), `all` (the three in order). Each stage saves its component to
-`<output-dir>/<stage>`; an interrupted stage resumes from `<output-dir>/checkpoints/<stage>`. When all three
-components exist, the assembled `VeltrixPipeline` is saved to `<output-dir>/pipeline`.
+window), `decoder` (flow matching on frozen units), `reflow` (few-step fine-tune of the decoder on its own
+(noise, sample) pairs), `all` (the four in order). Each stage saves its model to `<output-dir>/<stage>`; an
+interrupted stage resumes from `<output-dir>/checkpoints/<stage>`. When encoder, evolver and decoder exist, the
+assembled `VeltrixPipeline` is saved to `<output-dir>/pipeline`.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from modeling_veltrix.training import (
     build_datasets,
     load_or_create_models,
     save_pretrained_atomic,
-    train_stage,
+    train_stages,
     world_action_dim,
 )
 
@@ -42,9 +43,8 @@ def main() -> None:
     recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
     train_dataset, _ = build_datasets(recipe)
     models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
-    for stage in STAGES if args.stage == "all" else (args.stage,):
-        metrics = train_stage(stage, models, train_dataset, recipe, args.output_dir, resume=not args.no_resume)
-        print(f"[veltrix] stage {stage} finished: {metrics}")
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    train_stages(stages, models, args.preset, train_dataset, recipe, args.output_dir, resume=not args.no_resume)
     if all(os.path.isdir(os.path.join(args.output_dir, component)) for component in COMPONENTS):
         save_pretrained_atomic(assemble_pipeline(models, args.preset), os.path.join(args.output_dir, "pipeline"))
         print(f"[veltrix] pipeline saved to {os.path.join(args.output_dir, 'pipeline')}")

@@ -222,3 +222,30 @@ def test_overfits_two_images_and_samples_them_back():
     assert (trained_psnr > untrained_psnr + 8).all() and (trained_psnr > 15).all()
     # Each sample follows its own context, not the other image.
     assert (trained_psnr > psnr(samples, images.flip(0)) + 5).all()
+
+
+def test_paired_noise_is_used_and_checked():
+    """Reflow passes the teacher's noise: the loss must use it, and reject a wrong shape."""
+    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
+                                  cross_attention_dim=4, max_context_units=4)
+    with torch.no_grad():
+        decoder.proj_out.weight.normal_()
+    frames, units = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4)
+    noise = torch.randn(2, 3, 8, 8)
+    a = flow_matching_loss(decoder, frames, units, generator=torch.Generator().manual_seed(0), noise=noise)
+    b = flow_matching_loss(decoder, frames, units, generator=torch.Generator().manual_seed(0), noise=noise)
+    c = flow_matching_loss(decoder, frames, units, generator=torch.Generator().manual_seed(0), noise=-noise)
+    assert a == b and a != c
+    with pytest.raises(ValueError, match="noise"):
+        flow_matching_loss(decoder, frames, units, noise=torch.randn(2, 3, 4, 4))
+
+
+def test_aligned_context_needs_one_unit_per_patch():
+    decoder = VeltrixDecoderModel(sample_size=8, patch_size=4, hidden_size=16, num_layers=1, num_attention_heads=2,
+                                  cross_attention_dim=4, max_context_units=4, aligned_context=True)
+    assert decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 4, 4)).sample.shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="max_context_units"):
+        VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_attention_heads=2,
+                            cross_attention_dim=4, max_context_units=4, aligned_context=True)

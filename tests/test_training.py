@@ -10,12 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_decoder, tiny_encoder_config, tiny_evolver_config
+from conftest import randomize_, tiny_decoder, tiny_encoder_config, tiny_evolver_config
+from diffusers import FlowMatchEulerDiscreteScheduler
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
-from modeling_veltrix.training import STAGES, VeltrixStageRecipe, VeltrixTrainingRecipe, train_stage
+from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel, VeltrixPipeline
+from modeling_veltrix.training import (
+    COMPONENTS,
+    STAGE_COMPONENT,
+    STAGES,
+    VeltrixStageRecipe,
+    VeltrixTrainingRecipe,
+    build_reflow_pairs,
+    train_stage,
+)
 from modeling_veltrix.worlds import build_world_dataset
 
 REPO = Path(__file__).parent.parent
@@ -43,9 +52,12 @@ def tiny_recipe(max_steps: int = 3) -> VeltrixTrainingRecipe:
         context_length=4,
         rollout_window=4,
         decoder_frames_per_trajectory=2,
+        reflow_num_pairs=10,
+        reflow_teacher_steps=2,
         encoder=dict(stage),
         evolver=dict(stage),
         decoder=dict(stage),
+        reflow=dict(stage),
     )
 
 
@@ -61,14 +73,34 @@ def test_stages_train_their_component_only(tmp_path, tiny_dataset):
     torch.manual_seed(0)
     models = (VeltrixEncoderModel(tiny_encoder_config()), VeltrixEvolverModel(tiny_evolver_config()), tiny_decoder())
     recipe = tiny_recipe()
-    for index, stage in enumerate(STAGES):
+    for stage in STAGES:
         before = [snapshot(model) for model in models]
-        metrics = train_stage(stage, models, tiny_dataset, recipe, str(tmp_path), resume=False)
+        data = tiny_dataset
+        if stage == "reflow":
+            pipeline = VeltrixPipeline(*models, scheduler=FlowMatchEulerDiscreteScheduler())
+            data = build_reflow_pairs(pipeline, tiny_dataset, recipe)
+            assert len(data) == recipe.reflow_num_pairs
+        metrics = train_stage(stage, models, data, recipe, str(tmp_path), resume=False)
         assert metrics["train_loss"] == metrics["train_loss"]  # finite, not NaN
+        trained = COMPONENTS.index(STAGE_COMPONENT[stage])
         for other, model in enumerate(models):
-            assert changed(before[other], model) == (other == index), (stage, other)
+            assert changed(before[other], model) == (other == trained), (stage, other)
         assert (tmp_path / stage / "config.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_reflow_pairs_are_the_teachers_samples(tiny_dataset):
+    torch.manual_seed(0)
+    models = (VeltrixEncoderModel(tiny_encoder_config()), VeltrixEvolverModel(tiny_evolver_config()),
+              randomize_(tiny_decoder(), std=0.05))
+    pipeline = VeltrixPipeline(*models, scheduler=FlowMatchEulerDiscreteScheduler())
+    recipe = tiny_recipe()
+    pairs = build_reflow_pairs(pipeline, tiny_dataset, recipe)
+    again = build_reflow_pairs(pipeline, tiny_dataset, recipe)
+    assert torch.equal(pairs[:]["noise"], again[:]["noise"])  # deterministic for the recipe's seed
+    row = pairs[:3]
+    expected = pipeline.decode_units(row["units"], recipe.reflow_teacher_steps, latents=row["noise"])
+    torch.testing.assert_close(row["pixel_values"], expected)
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_dataset):
@@ -103,9 +135,12 @@ def test_demo_end_to_end(tmp_path):
         context_length=4,
         rollout_window=2,
         decoder_frames_per_trajectory=2,
+        reflow_num_pairs=10,
+        reflow_teacher_steps=2,
         encoder=dict(stage),
         evolver=dict(stage),
         decoder=dict(stage),
+        reflow=dict(stage),
     )
     recipe.to_json_file(str(preset / "recipe.json"))
     out = tmp_path / "run"
