@@ -406,6 +406,7 @@ def flow_matching_loss(
     mode_scale: float = 1.29,
     num_train_timesteps: int = 1000,
     noise: torch.Tensor | None = None,
+    previous_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rectified-flow (conditional flow matching) loss of `decoder` on clean frames.
 
@@ -428,6 +429,8 @@ def flow_matching_loss(
         noise (`torch.Tensor` of shape `(B, C, H, W)`, *optional*):
             The noise ``ε`` paired with each frame; drawn independently when `None`. Reflow (Liu et al. 2022)
             passes the noise from which a teacher sampled each frame, which straightens the learned paths.
+        previous_frame (`torch.Tensor` of shape `(B, C, H, W)`, *optional*):
+            The previous frame of each trajectory, for a decoder with `temporal_context=True`.
 
     Returns:
         `torch.Tensor`: the scalar loss, in float32.
@@ -454,7 +457,7 @@ def flow_matching_loss(
         )
     sigmas_4d = sigmas[:, None, None, None]  # (B, 1, 1, 1)
     noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
-    velocity = decoder(noisy, sigmas * num_train_timesteps, encoder_hidden_states).sample
+    velocity = decoder(noisy, sigmas * num_train_timesteps, encoder_hidden_states, previous_frame).sample
     return F.mse_loss(velocity.float(), (noise - pixel_values).float())
 
 

@@ -100,18 +100,42 @@ class VeltrixPipeline(DiffusionPipeline):
         num_inference_steps: int,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
+        previous_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Samples frames (N, C, H, W) in [-1, 1] for units (N, U, D) with `num_inference_steps` Euler steps,
-        starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`."""
+        starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`. A decoder with
+        `temporal_context` also takes each frame's `previous_frame` (N, C, H, W)."""
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in self.scheduler.timesteps:
-                velocity = self.decoder(latents, t.expand(latents.shape[0]), units).sample
+                velocity = self.decoder(latents, t.expand(latents.shape[0]), units, previous_frame).sample
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
                 progress_bar.update()
         return latents.clamp(-1.0, 1.0)
+
+    def decode_rollout(
+        self,
+        units: torch.Tensor,
+        last_context_frame: torch.Tensor,
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Frames (B·n, C, H, W) for rolled-out units (B, n, U, D): all steps in one batch, or, for a decoder with
+        `temporal_context`, step by step in time (batched over trajectories), each conditioned on the frame
+        decoded before it (the last context frame (B, C, H, W) for the first)."""
+        b, n = units.shape[:2]
+        latents = self.prepare_latents(b * n, units.dtype, units.device, generator)
+        if not self.decoder.config.temporal_context:
+            return self.decode_units(units.flatten(0, 1), num_inference_steps, latents=latents)
+        latents, decoded = latents.reshape(b, n, *latents.shape[1:]), []
+        previous = last_context_frame.to(units.dtype)
+        for step in range(n):
+            previous = self.decode_units(units[:, step], num_inference_steps, latents=latents[:, step],
+                                         previous_frame=previous)
+            decoded.append(previous)
+        return torch.stack(decoded, dim=1).flatten(0, 1)
 
     @torch.no_grad()
     def __call__(
@@ -158,7 +182,7 @@ class VeltrixPipeline(DiffusionPipeline):
             images = None
         else:
             b, n = units.shape[:2]
-            decoded = self.decode_units(units.flatten(0, 1).to(self.decoder.dtype), num_inference_steps, generator)
+            decoded = self.decode_rollout(units.to(self.decoder.dtype), frames[:, -1], num_inference_steps, generator)
             processed = self.image_processor.postprocess(decoded, output_type=output_type)
             if output_type == "pil":
                 images = [processed[i * n : (i + 1) * n] for i in range(b)]

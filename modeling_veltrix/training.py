@@ -196,9 +196,20 @@ class VeltrixReflowStage(nn.Module):
         self.decoder = decoder
         self.recipe = recipe
 
-    def forward(self, noise: torch.Tensor, pixel_values: torch.Tensor, units: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        noise: torch.Tensor,
+        pixel_values: torch.Tensor,
+        units: torch.Tensor,
+        previous_frame: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         loss = flow_matching_loss(
-            self.decoder, pixel_values, units, noise=noise, time_sampling=self.recipe.reflow_time_sampling
+            self.decoder,
+            pixel_values,
+            units,
+            noise=noise,
+            time_sampling=self.recipe.reflow_time_sampling,
+            previous_frame=previous_frame,
         )
         return {"loss": loss}
 
@@ -211,26 +222,31 @@ def build_reflow_pairs(
     format) are encoded, and the current decoder samples each from its own noise with
     `recipe.reflow_teacher_steps` Euler steps. Deterministic for `recipe.seed`."""
     generator = torch.Generator().manual_seed(recipe.seed)
-    num_trajectories, num_steps = len(train_dataset), recipe.trajectory_length
-    picks = torch.randperm(num_trajectories * num_steps, generator=generator)[: recipe.reflow_num_pairs]
+    temporal = pipeline.decoder.config.temporal_context
+    first = 1 if temporal else 0  # a temporal decoder needs a previous frame
+    num_trajectories, span = len(train_dataset), recipe.trajectory_length - first
+    picks = torch.randperm(num_trajectories * span, generator=generator)[: recipe.reflow_num_pairs]
     pipeline.set_progress_bar_config(disable=True)
-    columns = {"noise": [], "pixel_values": [], "units": []}
+    columns = {"noise": [], "pixel_values": [], "units": []} | ({"previous_frame": []} if temporal else {})
     for start in tqdm(range(0, len(picks), batch_size), desc="reflow pairs"):
         chunk = picks[start : start + batch_size]
-        trajectories, steps = (chunk // num_steps).tolist(), chunk % num_steps
-        frames = train_dataset[trajectories]["pixel_values"][torch.arange(len(chunk)), steps]  # (N, C, H, W)
+        trajectories, steps = (chunk // span).tolist(), chunk % span + first
+        trajectory_frames = train_dataset[trajectories]["pixel_values"]  # (N, T, C, H, W)
+        rows = torch.arange(len(chunk))
+        frames = trajectory_frames[rows, steps]  # (N, C, H, W)
+        previous = trajectory_frames[rows, steps - 1] if temporal else None
         units = pipeline.encoder(frames[:, None]).units[:, 0]  # (N, U, D)
         noise = pipeline.prepare_latents(len(chunk), units.dtype, units.device, generator)
+        samples = pipeline.decode_units(units, recipe.reflow_teacher_steps, latents=noise, previous_frame=previous)
         columns["noise"].append(noise)
-        columns["pixel_values"].append(pipeline.decode_units(units, recipe.reflow_teacher_steps, latents=noise))
+        columns["pixel_values"].append(samples)
         columns["units"].append(units)
+        if temporal:
+            columns["previous_frame"].append(previous)
     arrays = {name: torch.cat(values).cpu().numpy() for name, values in columns.items()}
     features = datasets.Features(
-        {
-            "noise": datasets.Array3D(arrays["noise"].shape[1:], "float32"),
-            "pixel_values": datasets.Array3D(arrays["pixel_values"].shape[1:], "float32"),
-            "units": datasets.Array2D(arrays["units"].shape[1:], "float32"),
-        }
+        {name: datasets.Array3D(array.shape[1:], "float32") for name, array in arrays.items() if name != "units"}
+        | {"units": datasets.Array2D(arrays["units"].shape[1:], "float32")}
     )
     return datasets.Dataset.from_dict(arrays, features=features).with_format("torch")
 
@@ -251,12 +267,21 @@ class VeltrixDecoderStage(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t = pixel_values.shape[:2]
-        picks = torch.rand(b, t).argsort(dim=1)[:, : self.recipe.decoder_frames_per_trajectory]
-        frames = pixel_values[torch.arange(b)[:, None], picks]  # (B, k, C, H, W)
+        temporal = self.decoder.config.temporal_context
+        first = 1 if temporal else 0  # a temporal decoder needs a previous frame
+        k = min(self.recipe.decoder_frames_per_trajectory, t - first)
+        picks = first + torch.rand(b, t - first).argsort(dim=1)[:, :k]  # (B, k) distinct steps
+        rows = torch.arange(b)[:, None]
+        frames = pixel_values[rows, picks]  # (B, k, C, H, W)
+        previous = pixel_values[rows, picks - 1].flatten(0, 1) if temporal else None
         with torch.no_grad():
             units = self.encoder(frames).units
         loss = flow_matching_loss(
-            self.decoder, frames.flatten(0, 1), units.flatten(0, 1), time_sampling=self.recipe.decoder_time_sampling
+            self.decoder,
+            frames.flatten(0, 1),
+            units.flatten(0, 1),
+            time_sampling=self.recipe.decoder_time_sampling,
+            previous_frame=previous,
         )
         return {"loss": loss}
 

@@ -249,3 +249,21 @@ def test_aligned_context_needs_one_unit_per_patch():
     with pytest.raises(ValueError, match="max_context_units"):
         VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_attention_heads=2,
                             cross_attention_dim=4, max_context_units=4, aligned_context=True)
+
+
+def test_temporal_context_needs_the_previous_frame():
+    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
+                                  cross_attention_dim=4, max_context_units=4, temporal_context=True)
+    with torch.no_grad():
+        decoder.proj_out.weight.normal_()
+    sample, units, previous = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4), torch.randn(2, 3, 8, 8)
+    a = decoder(sample, 500.0, units, previous).sample
+    b = decoder(sample, 500.0, units, -previous).sample
+    assert not torch.equal(a, b)  # the previous frame is used
+    for bad in (None, torch.randn(2, 3, 4, 4), torch.full((2, 3, 8, 8), float("nan"))):
+        with pytest.raises(ValueError, match="previous_frame"):
+            decoder(sample, 500.0, units, bad)
+    plain = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
+                                cross_attention_dim=4, max_context_units=4)
+    with pytest.raises(ValueError, match="previous_frame"):
+        plain(sample, 500.0, units, previous)

@@ -9,10 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import IMAGE_SIZE, random_frames
+from conftest import IMAGE_SIZE, random_frames, randomize_
 from safetensors.torch import save_file
 
-from modeling_veltrix import VeltrixPipeline
+from modeling_veltrix import VeltrixDecoderModel, VeltrixPipeline
 
 
 def call(pipe, seed=0, **kwargs):
@@ -114,3 +114,23 @@ def test_save_load_reproduces_in_a_fresh_process(tiny_pipeline, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_temporal_decoder_decodes_step_by_step(tiny_pipeline):
+    decoder = randomize_(VeltrixDecoderModel(sample_size=IMAGE_SIZE, patch_size=4, hidden_size=32, num_layers=1,
+                                             num_attention_heads=2, cross_attention_dim=8, max_context_units=16,
+                                             temporal_context=True), std=0.05).eval()
+    pipe = VeltrixPipeline(encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=decoder,
+                           scheduler=tiny_pipeline.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    frames = random_frames()
+    out = pipe(frames, num_future_steps=3, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+               output_type="pt")
+    # By hand: the same noise, each step conditioned on the frame decoded before it.
+    latents = pipe.prepare_latents(6, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(3))
+    latents, previous, expected = latents.reshape(2, 3, 3, IMAGE_SIZE, IMAGE_SIZE), frames[:, -1], []
+    with torch.no_grad():
+        for step in range(3):
+            previous = pipe.decode_units(out.units[:, step], 2, latents=latents[:, step], previous_frame=previous)
+            expected.append((previous + 1) / 2)
+    torch.testing.assert_close(out.frames, torch.stack(expected, dim=1))
