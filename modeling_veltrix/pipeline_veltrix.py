@@ -59,6 +59,11 @@ class VeltrixPipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
     ):
         super().__init__()
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError(
+                f"`scheduler` must be a FlowMatchEulerDiscreteScheduler (the decoder is a flow-matching model), "
+                f"got {type(scheduler).__name__}."
+            )
         self.register_modules(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
 
@@ -105,6 +110,10 @@ class VeltrixPipeline(DiffusionPipeline):
         """Samples frames (N, C, H, W) in [-1, 1] for units (N, U, D) with `num_inference_steps` Euler steps,
         starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`. A decoder with
         `temporal_context` also takes each frame's `previous_frame` (N, C, H, W)."""
+        check_shape("units", units, ("N", "U", self.decoder.config.cross_attention_dim))
+        check_finite("units", units)
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import IMAGE_SIZE, random_frames, randomize_
+from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from modeling_veltrix import VeltrixDecoderModel, VeltrixPipeline
@@ -134,3 +135,13 @@ def test_temporal_decoder_decodes_step_by_step(tiny_pipeline):
             previous = pipe.decode_units(out.units[:, step], 2, latents=latents[:, step], previous_frame=previous)
             expected.append((previous + 1) / 2)
     torch.testing.assert_close(out.frames, torch.stack(expected, dim=1))
+
+
+def test_decode_units_and_scheduler_validation(tiny_pipeline):
+    with pytest.raises(ValueError, match="units"):
+        tiny_pipeline.decode_units(torch.zeros(2, 16, 5), 2)  # wrong width
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_pipeline.decode_units(torch.zeros(2, 16, 8), 0)
+    with pytest.raises(ValueError, match="scheduler"):
+        VeltrixPipeline(encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=tiny_pipeline.decoder,
+                        scheduler=DDPMScheduler())
