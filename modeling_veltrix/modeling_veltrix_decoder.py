@@ -25,12 +25,13 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
-from diffusers.training_utils import compute_density_for_timestep_sampling
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 FLOW_TIME_SAMPLINGS = ("logit_normal", "uniform", "mode")
+LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
 
 def describe(value: object) -> str:
@@ -407,6 +408,7 @@ def flow_matching_loss(
     num_train_timesteps: int = 1000,
     noise: torch.Tensor | None = None,
     previous_frame: torch.Tensor | None = None,
+    loss_weighting: str = "none",
 ) -> torch.Tensor:
     """Rectified-flow (conditional flow matching) loss of `decoder` on clean frames.
 
@@ -431,12 +433,17 @@ def flow_matching_loss(
             passes the noise from which a teacher sampled each frame, which straightens the learned paths.
         previous_frame (`torch.Tensor` of shape `(B, C, H, W)`, *optional*):
             The previous frame of each trajectory, for a decoder with `temporal_context=True`.
+        loss_weighting (`str`, *optional*, defaults to `"none"`):
+            Per-example weight of the squared error as a function of σ, from diffusers' SD3 training utilities:
+            `"none"`, `"sigma_sqrt"` (σ⁻²) or `"cosmap"`.
 
     Returns:
         `torch.Tensor`: the scalar loss, in float32.
     """
     if time_sampling not in FLOW_TIME_SAMPLINGS:
         raise ValueError(f"`time_sampling` must be one of {FLOW_TIME_SAMPLINGS}, got {time_sampling!r}.")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         raise ValueError(f"`pixel_values` must have shape (B, C, H, W), got {describe(pixel_values)}.")
     batch_size, device = pixel_values.shape[0], pixel_values.device
@@ -458,7 +465,8 @@ def flow_matching_loss(
     sigmas_4d = sigmas[:, None, None, None]  # (B, 1, 1, 1)
     noisy = (1 - sigmas_4d) * pixel_values + sigmas_4d * noise
     velocity = decoder(noisy, sigmas * num_train_timesteps, encoder_hidden_states, previous_frame).sample
-    return F.mse_loss(velocity.float(), (noise - pixel_values).float())
+    weighting = compute_loss_weighting_for_sd3(loss_weighting, sigmas.float())[:, None, None, None]
+    return (weighting * (velocity.float() - (noise - pixel_values).float()).pow(2)).mean()
 
 
 __all__ = ["VeltrixDecoderBlock", "VeltrixDecoderModel", "VeltrixDecoderOutput", "flow_matching_loss"]

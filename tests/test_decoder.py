@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 from modeling_veltrix.modeling_veltrix_decoder import (
     VeltrixDecoderModel,
@@ -267,3 +268,21 @@ def test_temporal_context_needs_the_previous_frame():
                                 cross_attention_dim=4, max_context_units=4)
     with pytest.raises(ValueError, match="previous_frame"):
         plain(sample, 500.0, units, previous)
+
+
+@pytest.mark.parametrize("weighting", ["none", "sigma_sqrt", "cosmap"])
+def test_loss_weighting_matches_diffusers(weighting):
+    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
+                                  cross_attention_dim=4, max_context_units=4)
+    with torch.no_grad():
+        decoder.proj_out.weight.normal_()
+    frames, units, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 4, 4), torch.randn(3, 3, 8, 8)
+    loss = flow_matching_loss(decoder, frames, units, generator=torch.Generator().manual_seed(5), noise=noise,
+                              time_sampling="uniform", loss_weighting=weighting)
+    sigmas = compute_density_for_timestep_sampling("uniform", 3, generator=torch.Generator().manual_seed(5))
+    noisy = (1 - sigmas[:, None, None, None]) * frames + sigmas[:, None, None, None] * noise
+    velocity = decoder(noisy, sigmas * 1000, units).sample
+    weights = compute_loss_weighting_for_sd3(weighting, sigmas)[:, None, None, None]
+    torch.testing.assert_close(loss, (weights * (velocity - (noise - frames)) ** 2).mean())
+    with pytest.raises(ValueError, match="loss_weighting"):
+        flow_matching_loss(decoder, frames, units, loss_weighting="snr")
