@@ -72,6 +72,7 @@ class VeltrixTrainingRecipe:
     open_loop_weight: float = 1.0
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
+    decoder_loss_weighting: str = "none"
     reflow_num_pairs: int = 4096
     reflow_teacher_steps: int = 16
     reflow_time_sampling: str = "uniform"
@@ -282,6 +283,7 @@ class VeltrixDecoderStage(nn.Module):
             units.flatten(0, 1),
             time_sampling=self.recipe.decoder_time_sampling,
             previous_frame=previous,
+            loss_weighting=self.recipe.decoder_loss_weighting,
         )
         return {"loss": loss}
 
