@@ -1,6 +1,9 @@
 """Installs the `modeling_veltrix` package. Install torch first where a CPU build is wanted:
 
 pip install torch==2.13.0 && pip install -e ".[test,demo]"
+
+`[demo]` also brings the Gradio app (scripts/app.py); `[test]` the browser test's Playwright (no browser download:
+the test drives the system's chromium).
 """
 
 from setuptools import setup
@@ -25,10 +28,12 @@ setup(
         "numpy",
         "pillow",
         "torchmetrics>=1.0",
+        "vector-quantize-pytorch>=1.20",  # the residual quantizer of the encoder's audio units (audio_units.py)
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
-        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "matplotlib>=3.7"],
-        "demo": ["matplotlib>=3.7"],
+        # The app's browser test drives Debian's chromium (installed by .ci/run) with Playwright.
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "matplotlib>=3.7", "gradio>=5", "playwright>=1.40"],
+        "demo": ["matplotlib>=3.7", "gradio>=5"],
     },
 )

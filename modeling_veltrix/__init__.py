@@ -1,11 +1,17 @@
 """Veltrix: a latent world model that evolves a world state instead of predicting the next token.
 
-Importing the package registers the encoder and evolver with `AutoConfig` / `AutoModel`.
+Importing the package registers
+- the encoder, the evolver and the root `VeltrixWorldModel` with `AutoConfig` / `AutoModel`, and the encoder and
+  evolver for auto classes, so that their saved folders carry an `auto_map` and their code;
+- the component classes with `VeltrixPipeline`, which then loads saved folders with this installed code;
+- the `world-rollout` task of `transformers.pipeline()`, which then needs no `trust_remote_code`.
 """
 
 from transformers import AutoConfig, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
+from .hub_repository import VeltrixRepositoryError
 from .modeling_veltrix_decoder import VeltrixDecoderModel, VeltrixDecoderOutput, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel, VeltrixEncoderOutput
 from .modeling_veltrix_evolver import (
@@ -14,14 +20,28 @@ from .modeling_veltrix_evolver import (
     VeltrixEvolverOutput,
     VeltrixRolloutOutput,
 )
-from .pipeline_veltrix import VeltrixPipeline, VeltrixPipelineOutput
+from .pipeline_veltrix import VeltrixPipeline, VeltrixPipelineOutput, VeltrixWorldModel
+from .pipeline_world_rollout import TASK, VeltrixWorldConfig, VeltrixWorldRolloutPipeline
 
-AutoConfig.register(VeltrixEncoderConfig.model_type, VeltrixEncoderConfig, exist_ok=True)
-AutoConfig.register(VeltrixEvolverConfig.model_type, VeltrixEvolverConfig, exist_ok=True)
-AutoModel.register(VeltrixEncoderConfig, VeltrixEncoderModel, exist_ok=True)
-AutoModel.register(VeltrixEvolverConfig, VeltrixEvolverModel, exist_ok=True)
+for _config_class, _model_class in (
+    (VeltrixEncoderConfig, VeltrixEncoderModel),
+    (VeltrixEvolverConfig, VeltrixEvolverModel),
+    (VeltrixWorldConfig, VeltrixWorldModel),
+):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    AutoModel.register(_config_class, _model_class, exist_ok=True)
+for _config_class, _model_class in (
+    (VeltrixEncoderConfig, VeltrixEncoderModel),
+    (VeltrixEvolverConfig, VeltrixEvolverModel),
+):
+    _config_class.register_for_auto_class()
+    _model_class.register_for_auto_class("AutoModel")
+for _model_class in (VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel):
+    VeltrixPipeline.register_component_class(_model_class)
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VeltrixWorldRolloutPipeline, pt_model=AutoModel, type="video")
 
 __all__ = [
+    "TASK",
     "VeltrixDecoderModel",
     "VeltrixDecoderOutput",
     "VeltrixEncoderConfig",
@@ -33,6 +53,10 @@ __all__ = [
     "VeltrixEvolverOutput",
     "VeltrixPipeline",
     "VeltrixPipelineOutput",
+    "VeltrixRepositoryError",
     "VeltrixRolloutOutput",
+    "VeltrixWorldConfig",
+    "VeltrixWorldModel",
+    "VeltrixWorldRolloutPipeline",
     "flow_matching_loss",
 ]

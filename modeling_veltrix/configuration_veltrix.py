@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 UNIT_LAYOUTS = ("grid", "resampler")
+MODALITIES = ("frames", "text", "audio")
+ORTHOGONAL_MAPS = ("cayley", "matrix_exp")
 UNIT_MIXERS = ("conv", "attention")
 SCAN_IMPLEMENTATIONS = ("chunked", "sequential")
 
@@ -61,6 +63,64 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of the position embeddings and learned queries
             (linear and convolution layers use fan-in scaled initialisation).
+        modalities (`list[str]`, *optional*, defaults to `["frames"]`):
+            Observed modalities, `"frames"` first, then any of `"text"`, `"audio"`. With frames alone the units are
+            the frame units (no fusion). With more, every unit is the orthogonal direct sum (`orthogonal_fusion`)
+            `Q · [frames ; text ; audio ; latent]` of blocks of widths `frame_dim`, `text_dim`, `audio_dim`,
+            `latent_dim`, which must add up to `unit_dim`.
+        frame_dim (`int`, *optional*, defaults to 0):
+            Width of the frame block of a fused unit (used only with more than one modality).
+        text_dim (`int`, *optional*, defaults to 0):
+            Width of the text block; text fills the first `num_text_units` unit slots of a step.
+        audio_dim (`int`, *optional*, defaults to 0):
+            Width of the audio block; audio fills the first `num_audio_units` unit slots of a step.
+        latent_dim (`int`, *optional*, defaults to 0):
+            Width of the latent block for unobserved dynamics (zero at encoding; the evolver may write into it).
+        fusion_orthogonal_map (`str`, *optional*, defaults to `"cayley"`):
+            Parametrization of the learned rotation `Q`: `"cayley"` or `"matrix_exp"`.
+        num_text_units (`int`, *optional*, defaults to 4):
+            Resampled text units `U_text` per step (at most `num_units_per_step`).
+        text_hidden_size (`int`, *optional*, defaults to 64):
+            Width of the byte-level text transformer and of the caption head.
+        text_num_layers (`int`, *optional*, defaults to 2):
+            Layers of the byte-level text transformer.
+        text_num_heads (`int`, *optional*, defaults to 4):
+            Attention heads of the text transformer, its resampler and the caption head.
+        text_max_length (`int`, *optional*, defaults to 192):
+            Bytes `L` per caption (`input_ids` of shape `(B, T, L)`).
+        audio_sample_rate (`int`, *optional*, defaults to 16000):
+            Sample rate of `audio_values` in Hz.
+        audio_window (`int`, *optional*, defaults to 1600):
+            Samples `S` of one step's audio window (`audio_values` of shape `(B, T, S)`).
+        audio_n_fft (`int`, *optional*, defaults to 400):
+            STFT size (and Hann window length) of the log-mel spectrogram (25 ms at 16 kHz).
+        audio_hop_length (`int`, *optional*, defaults to 160):
+            STFT hop (10 ms at 16 kHz).
+        audio_num_mels (`int`, *optional*, defaults to 32):
+            Mel bands of the log-mel spectrogram.
+        audio_num_codebooks (`int`, *optional*, defaults to 4):
+            Codebooks `K` of the residual quantizer (`audio_codes` of shape `(B, T, K)`).
+        audio_codebook_dim (`int`, *optional*, defaults to 8):
+            Dimension `V` of a code vector (`audio_features` of shape `(B, T, K, V)`).
+        audio_codebook_size (`int`, *optional*, defaults to 64):
+            Codes per codebook; `audio_codes` lie in `[0, audio_codebook_size)`.
+        num_audio_units (`int`, *optional*, defaults to 4):
+            Unit slots `U_audio` of the audio block; `num_audio_units * audio_dim >= K * V` keeps the linear `φ_audio`
+            injective, so `D_audio` inverts it exactly.
+        align_loss_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the InfoNCE alignment `L_align` between the modalities of the same step.
+        align_dim (`int`, *optional*, defaults to 32):
+            Width of the alignment embeddings (one linear projection per modality of its flattened block).
+        align_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the InfoNCE logits.
+        text_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the caption head's byte cross-entropy.
+        audio_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the audio tokenizer's loss (log-mel reconstruction + commitment).
+        nested_dropout (`bool`, *optional*, defaults to `False`):
+            In training, keep only the first `k ~ U{1..U_m}` units of each resampled modality (frames with
+            `unit_layout="resampler"`, text) per step and zero the rest (Rippel et al. 2014), so that the first `k`
+            units summarise coarsely and `num_units=k` can be chosen at inference.
 
     Example:
 
@@ -90,6 +150,32 @@ class VeltrixEncoderConfig(PreTrainedConfig):
     action_dim: int = 2
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    modalities: list[str] | tuple[str, ...] = ("frames",)
+    frame_dim: int = 0
+    text_dim: int = 0
+    audio_dim: int = 0
+    latent_dim: int = 0
+    fusion_orthogonal_map: str = "cayley"
+    num_text_units: int = 4
+    text_hidden_size: int = 64
+    text_num_layers: int = 2
+    text_num_heads: int = 4
+    text_max_length: int = 192
+    audio_sample_rate: int = 16000
+    audio_window: int = 1600
+    audio_n_fft: int = 400
+    audio_hop_length: int = 160
+    audio_num_mels: int = 32
+    audio_num_codebooks: int = 4
+    audio_codebook_dim: int = 8
+    audio_codebook_size: int = 64
+    num_audio_units: int = 4
+    align_loss_weight: float = 0.1
+    align_dim: int = 32
+    align_temperature: float = 0.1
+    text_loss_weight: float = 1.0
+    audio_loss_weight: float = 1.0
+    nested_dropout: bool = False
 
     def __post_init__(self, **kwargs):
         for name in (
@@ -121,7 +207,77 @@ class VeltrixEncoderConfig(PreTrainedConfig):
                 f"got {self.hidden_size}."
             )
         _require_choice("unit_layout", self.unit_layout, UNIT_LAYOUTS)
+        self._check_modalities()
         super().__post_init__(**kwargs)
+
+    def _check_modalities(self) -> None:
+        modalities = tuple(self.modalities)
+        if not modalities or modalities[0] != "frames" or len(set(modalities)) != len(modalities):
+            raise ValueError(f"`modalities` must start with 'frames' and hold no repeats, got {list(modalities)}.")
+        for modality in modalities:
+            _require_choice("modalities", modality, MODALITIES)
+        if not self.is_fused:
+            return
+        _require_choice("fusion_orthogonal_map", self.fusion_orthogonal_map, ORTHOGONAL_MAPS)
+        widths = {name: getattr(self, name) for name in ("frame_dim", "text_dim", "audio_dim", "latent_dim")}
+        required = ["frame_dim"] + [f"{m}_dim" for m in modalities[1:]]
+        for name in required:
+            _require_positive(name, widths[name])
+        used = {name: widths[name] for name in required} | {"latent_dim": widths["latent_dim"]}
+        if self.latent_dim < 0 or sum(used.values()) != self.unit_dim:
+            raise ValueError(f"`unit_dim` must equal the sum of the block widths {used}, got {self.unit_dim}.")
+        for name in ("align_loss_weight", "text_loss_weight", "audio_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        for name in ("align_dim", "align_temperature"):
+            _require_positive(name, getattr(self, name))
+        if "text" in modalities:
+            for name in ("num_text_units", "text_hidden_size", "text_num_layers", "text_num_heads", "text_max_length"):
+                _require_positive(name, getattr(self, name))
+            if self.num_text_units > self.num_units_per_step:
+                raise ValueError(
+                    f"`num_text_units` must be <= `num_units_per_step` ({self.num_units_per_step}), "
+                    f"got {self.num_text_units}."
+                )
+            if self.text_hidden_size % self.text_num_heads:
+                raise ValueError(
+                    f"`text_hidden_size` must be a multiple of `text_num_heads` ({self.text_num_heads}), "
+                    f"got {self.text_hidden_size}."
+                )
+        if "audio" in modalities:
+            for name in (
+                "audio_sample_rate",
+                "audio_window",
+                "audio_n_fft",
+                "audio_hop_length",
+                "audio_num_mels",
+                "audio_num_codebooks",
+                "audio_codebook_dim",
+                "audio_codebook_size",
+                "num_audio_units",
+            ):
+                _require_positive(name, getattr(self, name))
+            if self.num_audio_units > self.num_units_per_step:
+                raise ValueError(
+                    f"`num_audio_units` must be <= `num_units_per_step` ({self.num_units_per_step}), "
+                    f"got {self.num_audio_units}."
+                )
+            if self.num_audio_units * self.audio_dim < self.audio_num_codebooks * self.audio_codebook_dim:
+                raise ValueError(
+                    "`num_audio_units * audio_dim` must be >= `audio_num_codebooks * audio_codebook_dim` "
+                    f"({self.audio_num_codebooks * self.audio_codebook_dim}) so that `φ_audio` is injective, "
+                    f"got {self.num_audio_units * self.audio_dim}."
+                )
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether units are the orthogonal direct sum of several modalities (more than frames)."""
+        return len(self.modalities) > 1
+
+    @property
+    def frame_unit_dim(self) -> int:
+        """Width of the frame units: `unit_dim` for frames alone, else the frame block `frame_dim`."""
+        return self.frame_dim if self.is_fused else self.unit_dim
 
     @property
     def grid_size(self) -> int:
@@ -190,6 +346,11 @@ class VeltrixEvolverConfig(PreTrainedConfig):
         scan_implementation (`str`, *optional*, defaults to `"chunked"`):
             PyTorch scan used for whole sequences: `"chunked"` (SSD, parallel within chunks, linear across
             chunks) or `"sequential"` (the step-by-step reference).
+        use_mamba_kernels (`bool`, *optional*, defaults to `True`):
+            On CUDA, run whole sequences with `mamba-ssm`'s `mamba_chunk_scan_combined` and `causal-conv1d`'s
+            `causal_conv1d_fn`, and inference steps with `selective_state_update` and `causal_conv1d_update`, when
+            those packages are installed (`pip install "veltrix[cuda]"`). `False`, or a missing package (logged
+            once), runs the PyTorch path, which computes the same function.
         rms_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the RMS norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -231,6 +392,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     action_dim: int = 2
     condition_size: int = 64
     scan_implementation: str = "chunked"
+    use_mamba_kernels: bool = True
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
 

@@ -7,6 +7,14 @@ Perceiver / Flamingo, coarser). Units pass through `tanh`, so the evolver works 
 
 `decode_frames` is the direct frame readout `D_frames` from units back to pixels, trained with the encoder by
 reconstruction; the flow-matching decoder (`VeltrixDecoderModel`) renders sharp frames from the same units.
+
+Opt-in multimodal units (`config.modalities` beyond `"frames"`, DESIGN.md §3): captions (byte tokens, `text_units`)
+and audio (`audio_codes` / `audio_features` / raw `audio_values`, `audio_units`) become units of their own blocks, and
+each unit is their orthogonal direct sum `Q · [frames ; text ; audio ; latent]` (`orthogonal_fusion`). Each modality
+reads back from its own subspace: `decode_frames`, `decode_text` (caption head), `decode_audio` (exact inverse
+`D_audio` of the linear `φ_audio` + nearest code). `L_align` is InfoNCE between the modalities of the same step
+(CLIP, Radford et al. 2021); nested dropout over resampled units (Rippel et al. 2014) makes `num_units=k` a choice at
+inference.
 """
 
 import math
@@ -19,8 +27,33 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from .audio_units import VeltrixAudioTokenizer
 from .configuration_veltrix import VeltrixEncoderConfig
 from .input_validation import check_finite, check_range, check_shape
+from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
+from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize
+
+
+def check_integer_tensor(name: str, value: object, expected: tuple[int | str, ...], high: int) -> None:
+    """Requires an integer tensor of the given shape (a string entry matches any size) with entries in [0, high)."""
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dtype == torch.bool:
+        kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"`{name}` must be an integer tensor, got {kind}.")
+    shape = tuple(value.shape)
+    matches = len(shape) == len(expected) and all(
+        isinstance(e, str) or e == g for e, g in zip(expected, shape, strict=True)
+    )
+    if not matches:
+        raise ValueError(f"`{name}` must have shape ({', '.join(str(e) for e in expected)}), got {shape}.")
+    if value.numel() and (int(value.min()) < 0 or int(value.max()) >= high):
+        raise ValueError(f"`{name}` must lie in [0, {high}), got values in [{int(value.min())}, {int(value.max())}].")
+
+
+def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of paired embeddings `(N, E)`: row i of each is the positive of row i of the other."""
+    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T / temperature
+    targets = torch.arange(first.shape[0], device=first.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
 def patchify(frames: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -88,7 +121,7 @@ class VeltrixGridReadout(nn.Module):
         self.grid_size = config.grid_size
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
-        self.unit_proj = nn.Linear(config.unit_dim, config.hidden_size)
+        self.unit_proj = nn.Linear(config.frame_unit_dim, config.hidden_size)
         self.blocks = nn.ModuleList(
             VeltrixLocalMixingBlock(
                 config.hidden_size, config.mixing_kernel_size, config.mlp_ratio, config.layer_norm_eps
@@ -113,7 +146,7 @@ class VeltrixResamplerReadout(nn.Module):
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.patch_queries = nn.Parameter(torch.zeros(1, config.grid_size**2, config.hidden_size))
-        self.unit_proj = nn.Linear(config.unit_dim, config.hidden_size)
+        self.unit_proj = nn.Linear(config.frame_unit_dim, config.hidden_size)
         self.attention = VeltrixCrossAttention(
             config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
         )
@@ -147,23 +180,42 @@ class VeltrixEncoderPreTrainedModel(PreTrainedModel):
                 init.normal_(module.unit_queries, std=std)
         elif isinstance(module, VeltrixResamplerReadout):
             init.normal_(module.patch_queries, std=std)
+        elif isinstance(module, VeltrixTextUnitEncoder):
+            init.normal_(module.position_embedding, std=std)
+            init.normal_(module.queries, std=std)
+        elif isinstance(module, VeltrixCaptionHead):
+            init.normal_(module.position_queries, std=std)
 
 
 @dataclass
 class VeltrixEncoderOutput(ModelOutput):
     """
     Args:
-        units (`torch.Tensor` of shape `(B, T, U, D)`): the bounded state units of every step.
+        units (`torch.Tensor` of shape `(B, T, U, D)`): the bounded state units of every step (with several
+            modalities, their orthogonal direct sum).
         conditions (`torch.Tensor` of shape `(B, T, A)`, *optional*): the actions, passed through as conditions.
         reconstruction (`torch.Tensor` of shape `(B, T, C, H, W)`, *optional*): the frame readout of the units,
             returned when `return_loss=True`.
-        loss (`torch.Tensor`, *optional*): the reconstruction MSE, returned when `return_loss=True`.
+        loss (`torch.Tensor`, *optional*): with `return_loss=True`, the reconstruction MSE, plus with several
+            modalities the weighted caption, audio-tokenizer and alignment terms.
+        unit_mask (`torch.Tensor` of shape `(B, T, U)`, *optional*): with several modalities, which unit slots hold
+            kept content (slots past `num_units` of every resampled modality are zero).
+        subspaces (`dict[str, slice]`, *optional*): with several modalities, each block's coordinates before the
+            rotation `Q`; `decompose` returns the parts.
+        loss_terms (`dict[str, torch.Tensor]`, *optional*): with several modalities and `return_loss=True`, the
+            unweighted `frames`, `text`, `audio` and `align` terms.
+        audio_codes (`torch.Tensor` of shape `(B, T, K)`, *optional*): the codes of the step's audio, when audio
+            was given.
     """
 
     units: torch.Tensor | None = None
     conditions: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    unit_mask: torch.Tensor | None = None
+    subspaces: dict | None = None
+    loss_terms: dict | None = None
+    audio_codes: torch.Tensor | None = None
 
 
 class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
@@ -192,8 +244,59 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             self.resampler = None
             self.readout = VeltrixGridReadout(config)
         self.unit_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.unit_proj = nn.Linear(config.hidden_size, config.unit_dim)
+        self.unit_proj = nn.Linear(config.hidden_size, config.frame_unit_dim)
+        self.fusion = self.text_encoder = self.caption_head = self.audio_tokenizer = self.audio_embedding = None
+        self.align_projections = None
+        if config.is_fused:
+            self._build_modalities(config)
         self.post_init()
+
+    def _build_modalities(self, config: VeltrixEncoderConfig) -> None:
+        """The fusion, the text and audio unit tokenizers and read-backs, and the alignment projections."""
+        blocks = {"frames": config.frame_dim}
+        slots = {"frames": config.num_units_per_step}
+        if "text" in config.modalities:
+            blocks["text"], slots["text"] = config.text_dim, config.num_text_units
+            self.text_encoder = VeltrixTextUnitEncoder(
+                config.text_hidden_size,
+                config.text_num_layers,
+                config.text_num_heads,
+                config.text_max_length,
+                config.num_text_units,
+                config.text_dim,
+                config.layer_norm_eps,
+            )
+            self.caption_head = VeltrixCaptionHead(
+                config.text_dim,
+                config.text_hidden_size,
+                config.text_num_heads,
+                config.text_max_length,
+                config.layer_norm_eps,
+            )
+        if "audio" in config.modalities:
+            blocks["audio"], slots["audio"] = config.audio_dim, config.num_audio_units
+            self.audio_tokenizer = VeltrixAudioTokenizer(
+                config.audio_sample_rate,
+                config.audio_window,
+                config.audio_n_fft,
+                config.audio_hop_length,
+                config.audio_num_mels,
+                config.audio_num_codebooks,
+                config.audio_codebook_dim,
+                config.audio_codebook_size,
+            )
+            self.audio_embedding = VeltrixLinearEmbedding(
+                config.audio_num_codebooks * config.audio_codebook_dim, config.num_audio_units, config.audio_dim
+            )
+        if config.latent_dim:
+            blocks["latent"] = config.latent_dim
+        self.modality_slots = slots
+        self.fusion = VeltrixOrthogonalFusion(blocks, orthogonal_map=config.fusion_orthogonal_map)
+        # One projection of each modality's flattened block (its slots keep their order, so where things are in a
+        # frame survives) into the shared alignment space.
+        self.align_projections = nn.ModuleDict(
+            {name: nn.Linear(slots[name] * blocks[name], config.align_dim) for name in slots}
+        )
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Validates `(B, T, C, H, W)` frames: shape, finiteness and the [-1, 1] range."""
@@ -221,16 +324,126 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         return units.reshape(b, t, *units.shape[1:])
 
     def decode_frames(self, units: torch.Tensor) -> torch.Tensor:
-        """Direct frame readout: units (B, T, U, D) -> frames (B, T, C, H, W)."""
+        """Direct frame readout from the frame subspace: units (B, T, U, D) -> frames (B, T, C, H, W)."""
         self.check_units(units)
         b, t = units.shape[:2]
+        if self.fusion is not None:
+            units = self.fusion.decompose(units)["frames"]
         frames = self.readout(units.flatten(0, 1))
         return frames.reshape(b, t, *frames.shape[1:])
+
+    def decompose(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fused units `(B, T, U, D)` -> each block's part `(B, T, U_m, d_m)` (`Q_mᵀ C` on the block's slots)."""
+        self._require_fused("decompose")
+        self.check_units(units)
+        return self.fusion.decompose(units, self.modality_slots)
+
+    def decode_text(self, units: torch.Tensor) -> torch.Tensor:
+        """Caption byte logits `(B, T, L, 256)` read from the text subspace of units `(B, T, U, D)`."""
+        self._require_modality("text", "decode_text")
+        part = self.decompose(units)["text"]
+        logits = self.caption_head(part.flatten(0, 1))
+        return logits.reshape(*part.shape[:2], *logits.shape[1:])
+
+    def generate_captions(self, units: torch.Tensor) -> list[list[str]]:
+        """Captions read from the text subspace of units `(B, T, U, D)`: `B` lists of `T` strings (greedy bytes,
+        cut at the first padding byte)."""
+        ids = self.decode_text(units).argmax(-1)  # (B, T, L)
+        return [byte_detokenize(row) for row in ids]
+
+    def decode_audio(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Audio read from the audio subspace of units `(B, T, U, D)`: `D_audio`, the exact inverse of the linear
+        `φ_audio`, gives features `(B, T, K, V)`; the nearest code per codebook gives codes `(B, T, K)`."""
+        self._require_modality("audio", "decode_audio")
+        part = self.decompose(units)["audio"]
+        config = self.config
+        features = self.audio_embedding.inverse(part).reshape(
+            *part.shape[:2], config.audio_num_codebooks, config.audio_codebook_dim
+        )
+        return features, self.audio_tokenizer.nearest_codes(features)
+
+    def _require_fused(self, method: str) -> None:
+        if self.fusion is None:
+            raise ValueError(f"`{method}` needs a multimodal encoder: `config.modalities` is {self.config.modalities}.")
+
+    def _require_modality(self, modality: str, method: str) -> None:
+        if modality not in self.config.modalities:
+            raise ValueError(
+                f"`{method}` needs '{modality}' in `config.modalities`, got {list(self.config.modalities)}."
+            )
+
+    def check_modality_inputs(
+        self,
+        b: int,
+        t: int,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        audio_values: torch.Tensor | None,
+        audio_codes: torch.Tensor | None,
+        audio_features: torch.Tensor | None,
+        num_units: int | None,
+    ) -> None:
+        """Validates the text and audio inputs against the frames' `(B, T)` and the config."""
+        config = self.config
+        if input_ids is not None or attention_mask is not None:
+            self._require_modality("text", "input_ids")
+            if input_ids is None or attention_mask is None:
+                raise ValueError("`input_ids` and `attention_mask` must be given together, got only one of them.")
+            check_integer_tensor("input_ids", input_ids, (b, t, config.text_max_length), 256)
+            check_integer_tensor("attention_mask", attention_mask, (b, t, config.text_max_length), 2)
+            if not bool((attention_mask.sum(-1) > 0).all()):
+                raise ValueError("`attention_mask` must keep at least one byte of every step's caption, got none.")
+        audio = {"audio_values": audio_values, "audio_codes": audio_codes, "audio_features": audio_features}
+        given = [name for name, value in audio.items() if value is not None]
+        if given:
+            self._require_modality("audio", given[0])
+            if len(given) > 1:
+                raise ValueError(f"Give one of `audio_values`, `audio_codes`, `audio_features`, got {given}.")
+        k, v = config.audio_num_codebooks, config.audio_codebook_dim
+        if audio_values is not None:
+            check_shape("audio_values", audio_values, (b, t, config.audio_window))
+            check_finite("audio_values", audio_values)
+        if audio_codes is not None:
+            check_integer_tensor("audio_codes", audio_codes, (b, t, k), config.audio_codebook_size)
+        if audio_features is not None:
+            check_shape("audio_features", audio_features, (b, t, k, v))
+            check_finite("audio_features", audio_features)
+        if num_units is not None:
+            resampled = self._resampled_modalities()
+            if not resampled:
+                raise ValueError("`num_units` needs resampled units (a resampler layout or text), got none.")
+            most = max(self.modality_slots[m] if self.fusion is not None else config.num_units for m in resampled)
+            if not isinstance(num_units, int) or isinstance(num_units, bool) or not 1 <= num_units <= most:
+                raise ValueError(f"`num_units` must be an int in [1, {most}], got {num_units!r}.")
+
+    def _resampled_modalities(self) -> list[str]:
+        """Modalities whose units are learned queries (ordered summaries), where nested dropout applies."""
+        names = ["frames"] if self.config.unit_layout == "resampler" else []
+        return names + (["text"] if "text" in self.config.modalities else [])
+
+    def _keep_first_units(self, units: torch.Tensor, num_units: int | None) -> torch.Tensor:
+        """Zeroes the units past the first `k` of `(N, U_m, d)`: `k = num_units` when given, else in training with
+        nested dropout `k ~ U{1..U_m}` per step, else all are kept."""
+        count = units.shape[1]
+        if num_units is not None:
+            kept = torch.full((units.shape[0], 1), min(num_units, count), device=units.device)
+        elif self.training and self.config.nested_dropout:
+            kept = torch.randint(1, count + 1, (units.shape[0], 1), device=units.device)
+        else:
+            return units
+        mask = torch.arange(count, device=units.device) < kept  # (N, U_m)
+        return units * mask[..., None].to(units.dtype)
 
     def forward(
         self,
         pixel_values: torch.Tensor,
         actions: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_codes: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        num_units: int | None = None,
         return_loss: bool = False,
         return_dict: bool = True,
     ) -> VeltrixEncoderOutput | tuple:
@@ -238,21 +451,127 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         Args:
             pixel_values (`torch.Tensor` of shape `(B, T, C, H, W)`): frames in [-1, 1].
             actions (`torch.Tensor` of shape `(B, T, A)`, *optional*): actions, passed through as conditions.
-            return_loss (`bool`): also compute the frame readout and its reconstruction MSE.
+            input_ids (`torch.Tensor` of shape `(B, T, L)`, *optional*): caption bytes per step (`byte_tokenize`);
+                needs `"text"` in `config.modalities`.
+            attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): 1 on caption bytes, 0 on padding.
+            audio_values (`torch.Tensor` of shape `(B, T, S)`, *optional*): each step's waveform window; tokenized
+                to codes here. Needs `"audio"` in `config.modalities`; at most one of the three audio inputs.
+            audio_codes (`torch.Tensor` of shape `(B, T, K)`, *optional*): codes in `[0, audio_codebook_size)`.
+            audio_features (`torch.Tensor` of shape `(B, T, K, V)`, *optional*): code vectors (or any features of
+                that shape).
+            num_units (`int`, *optional*): keep only the first `num_units` units of each resampled modality (the
+                rest are zero); see `config.nested_dropout`.
+            return_loss (`bool`): also compute the frame readout and the training loss.
+
+        Absent modalities leave their blocks zero.
         """
         self.check_pixel_values(pixel_values)
         b, t = pixel_values.shape[:2]
         if actions is not None:
             check_shape("actions", actions, (b, t, self.config.action_dim))
             check_finite("actions", actions)
-        units = self.encode_units(pixel_values)
-        reconstruction = loss = None
+        self.check_modality_inputs(
+            b, t, input_ids, attention_mask, audio_values, audio_codes, audio_features, num_units
+        )
+        if self.fusion is None:
+            units = self.encode_units(pixel_values)
+            if "frames" in self._resampled_modalities():
+                units = self._keep_first_units(units.flatten(0, 1), num_units).reshape(units.shape)
+            reconstruction = loss = None
+            if return_loss:
+                reconstruction = self.decode_frames(units)
+                loss = F.mse_loss(reconstruction, pixel_values)
+            if not return_dict:
+                return tuple(v for v in (loss, units, actions, reconstruction) if v is not None)
+            return VeltrixEncoderOutput(units=units, conditions=actions, reconstruction=reconstruction, loss=loss)
+        text = (input_ids, attention_mask)
+        audio = (audio_values, audio_codes, audio_features)
+        return self._forward_fused(pixel_values, actions, text, audio, num_units, return_loss, return_dict)
+
+    def _forward_fused(
+        self,
+        pixel_values: torch.Tensor,
+        actions: torch.Tensor | None,
+        text: tuple[torch.Tensor | None, torch.Tensor | None],
+        audio: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+        num_units: int | None,
+        return_loss: bool,
+        return_dict: bool,
+    ) -> VeltrixEncoderOutput | tuple:
+        """Each modality's units into its block, fused by `Q`; the losses of the representation stage.
+
+        `text` is `(input_ids, attention_mask)` and `audio` is `(audio_values, audio_codes, audio_features)`, as
+        validated by `forward`."""
+        config = self.config
+        input_ids, attention_mask = text
+        audio_values, audio_codes, audio_features = audio
+        b, t = pixel_values.shape[:2]
+        resampled = self._resampled_modalities()
+        frames = self.encode_units(pixel_values).flatten(0, 1)  # (N, U, d_frames), N = B·T
+        parts = {"frames": self._keep_first_units(frames, num_units) if "frames" in resampled else frames}
+        if input_ids is not None:
+            text = self.text_encoder(input_ids.flatten(0, 1).long(), attention_mask.flatten(0, 1))
+            parts["text"] = self._keep_first_units(text, num_units)
+        tokenizer_loss = None
+        if audio_values is not None:
+            audio_codes, audio_features, tokenizer_loss = self.audio_tokenizer(audio_values.flatten(0, 1))
+            audio_codes = audio_codes.reshape(b, t, -1)
+        if audio_codes is not None and audio_features is None:
+            audio_features = self.audio_tokenizer.features_from_codes(audio_codes.long())
+        if audio_features is not None:
+            parts["audio"] = self.audio_embedding(audio_features.reshape(b * t, -1))
+        units = self.fusion.fuse(parts, config.num_units_per_step).reshape(b, t, config.num_units_per_step, -1)
+        kept = 0
+        for name, part in parts.items():
+            kept = max(kept, min(num_units, part.shape[1]) if num_units and name in resampled else part.shape[1])
+        unit_mask = (torch.arange(config.num_units_per_step, device=units.device) < kept).expand(b, t, -1)
+
+        reconstruction = loss = loss_terms = None
         if return_loss:
             reconstruction = self.decode_frames(units)
-            loss = F.mse_loss(reconstruction, pixel_values)
+            loss_terms = {"frames": F.mse_loss(reconstruction, pixel_values)}
+            loss = loss_terms["frames"]
+            if input_ids is not None:
+                logits = self.decode_text(units)  # (B, T, L, 256); padding bytes are targets too: they end a caption
+                loss_terms["text"] = F.cross_entropy(logits.flatten(0, 2), input_ids.flatten().long())
+                loss = loss + config.text_loss_weight * loss_terms["text"]
+            if tokenizer_loss is not None:
+                loss_terms["audio"] = tokenizer_loss
+                loss = loss + config.audio_loss_weight * tokenizer_loss
+            if len(parts) > 1:
+                loss_terms["align"] = self.alignment_loss(parts)
+                loss = loss + config.align_loss_weight * loss_terms["align"]
         if not return_dict:
-            return tuple(v for v in (loss, units, actions, reconstruction) if v is not None)
-        return VeltrixEncoderOutput(units=units, conditions=actions, reconstruction=reconstruction, loss=loss)
+            return tuple(v for v in (loss, units, actions, reconstruction, unit_mask) if v is not None)
+        return VeltrixEncoderOutput(
+            units=units,
+            conditions=actions,
+            reconstruction=reconstruction,
+            loss=loss,
+            unit_mask=unit_mask,
+            subspaces=dict(self.fusion.slices),
+            loss_terms=loss_terms,
+            audio_codes=audio_codes,
+        )
+
+    def alignment_embeddings(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each modality's block `(N, U_m, d_m)` -> its alignment embedding `(N, align_dim)`."""
+        return {name: self.align_projections[name](part.flatten(1)) for name, part in parts.items()}
+
+    def alignment_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`L_align`: InfoNCE averaged over every pair of the given modalities, the steps of the batch as negatives."""
+        embeddings = self.alignment_embeddings(parts)
+        names = list(embeddings)
+        pairs = [(a, c) for i, a in enumerate(names) for c in names[i + 1 :]]
+        temperature = self.config.align_temperature
+        return sum(info_nce(embeddings[a], embeddings[c], temperature) for a, c in pairs) / len(pairs)
+
+    def embed_for_retrieval(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Alignment embeddings `(B, T, align_dim)` of each modality, read from its subspace of units `(B, T, U, D)`
+        (a modality that was absent embeds its zero block)."""
+        parts = {name: part.flatten(0, 1) for name, part in self.decompose(units).items() if name != "latent"}
+        embeddings = self.alignment_embeddings(parts)
+        return {name: value.reshape(*units.shape[:2], -1) for name, value in embeddings.items()}
 
 
 __all__ = ["VeltrixEncoderModel", "VeltrixEncoderOutput", "VeltrixEncoderPreTrainedModel"]

@@ -1,26 +1,51 @@
-"""`VeltrixPipeline`: observe frames, evolve the world state, render the future.
+"""`VeltrixPipeline`: observe frames, evolve the world state, render the future; and `VeltrixWorldModel`, the same
+pipeline as one transformers model for `AutoModel` and `pipeline("world-rollout")`.
 
 encoder (MPE) -> evolver (TRE, open-loop rollout) -> decoder (MGD, flow matching sampled with
 `FlowMatchEulerDiscreteScheduler`). Every future frame of every trajectory is decoded in one batch per Euler
 step.
+
+`save_pretrained` writes a complete Hub repository (`hub_repository`): this file, flattened with its relative
+imports, becomes the repository's root pipeline file. It therefore imports no component class: the components load
+with the classes that the installed package registers (`register_component_class`), or, in a repository's copy of
+this file, with the repository's own component files.
 """
 
+import importlib
+import inspect
+import os
+import shutil
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from transformers import PreTrainedModel
 
+from .hub_repository import (
+    LIBRARIES,
+    MODEL_INDEX,
+    VeltrixRepositoryError,
+    check_component_config,
+    check_repository,
+    resolve_repository,
+    write_hub_code,
+)
 from .input_validation import check_finite, check_increasing, check_shape
-from .modeling_veltrix_decoder import VeltrixDecoderModel
-from .modeling_veltrix_encoder import VeltrixEncoderModel
-from .modeling_veltrix_evolver import VeltrixEvolverModel
+from .pipeline_world_rollout import VeltrixWorldConfig
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_step_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
 
 
 @dataclass
@@ -47,25 +72,142 @@ class VeltrixPipeline(DiffusionPipeline):
         evolver ([`VeltrixEvolverModel`]): evolves the units through time.
         decoder ([`VeltrixDecoderModel`]): renders a step's units as a frame.
         scheduler ([`FlowMatchEulerDiscreteScheduler`]): the flow-matching sampler of the decoder.
+        default_num_future_steps (`int`, defaults to 8): `num_future_steps` of a call that does not give it.
+        default_num_inference_steps (`int`, defaults to 8): `num_inference_steps` of a call that does not give it.
+
+    The two defaults are saved in `model_index.json`, so a published pipeline carries its call defaults.
     """
 
     model_cpu_offload_seq = "encoder->evolver->decoder"
+    # Component classes that `from_pretrained` loads with, by class name; `modeling_veltrix/__init__.py` registers
+    # the package's. A Hub repository's copy of this file registers none and loads the repository's own code.
+    _installed_component_classes: ClassVar[dict[str, type]] = {}
 
     def __init__(
         self,
-        encoder: VeltrixEncoderModel,
-        evolver: VeltrixEvolverModel,
-        decoder: VeltrixDecoderModel,
+        encoder: PreTrainedModel,
+        evolver: PreTrainedModel,
+        decoder: ModelMixin,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        default_num_future_steps: int = 8,
+        default_num_inference_steps: int = 8,
     ):
         super().__init__()
+        check_step_count("default_num_future_steps", default_num_future_steps)
+        check_step_count("default_num_inference_steps", default_num_inference_steps)
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
             raise ValueError(
                 f"`scheduler` must be a FlowMatchEulerDiscreteScheduler (the decoder is a flow-matching model), "
                 f"got {type(scheduler).__name__}."
             )
         self.register_modules(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
+        self.register_to_config(
+            default_num_future_steps=default_num_future_steps, default_num_inference_steps=default_num_inference_steps
+        )
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+
+    @classmethod
+    def register_component_class(cls, component_class: type) -> None:
+        """Makes `from_pretrained` load the components that `model_index.json` names `component_class.__name__` with
+        `component_class` (the installed code) rather than with the folder's code."""
+        cls._installed_component_classes[component_class.__name__] = component_class
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        trust_remote_code: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> "VeltrixPipeline":
+        """Loads a folder written by `save_pretrained`, or a Hub repository id (through the Hugging Face cache).
+
+        The folder is checked first (`check_repository`): a missing `model_index.json`, component folder or weights
+        file, a truncated weights file, or a layout or configuration written by an incompatible version raises
+        `VeltrixRepositoryError` naming the file, and nothing is loaded. Components whose classes are registered
+        (`register_component_class`; the installed package registers its own) load with them and no code from the
+        folder runs. Otherwise the folder's own code loads the pipeline, as `DiffusionPipeline.from_pretrained`
+        does, which takes `trust_remote_code=True`.
+        """
+        folder = resolve_repository(
+            pretrained_model_name_or_path,
+            cache_dir=cache_dir,
+            revision=revision,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
+        index = check_repository(folder)
+        entries = {
+            name: entry
+            for name, entry in index.items()
+            if isinstance(entry, list) and name != "_class_name" and entry[0] is not None  # [None, None]: left out
+        }
+        installed = cls._installed_component_classes
+        if any(library not in LIBRARIES and name not in installed for library, name in entries.values()):
+            pipeline = DiffusionPipeline.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype
+            )
+        else:
+            pipeline = cls(**cls._load_installed_components(folder, entries), **cls._saved_settings(folder, index))
+            if torch_dtype is not None:
+                pipeline.to(dtype=torch_dtype)
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
+
+    @classmethod
+    def _load_installed_components(cls, folder: str, entries: dict[str, list]) -> dict[str, object]:
+        """Each component of `model_index.json` (name -> [library or code file, class name]) loaded from its folder
+        with the library's or the registered class."""
+        components = {}
+        for name, (library, class_name) in entries.items():
+            if library in LIBRARIES:
+                component_class = getattr(importlib.import_module(library), class_name)
+            else:
+                component_class = cls._installed_component_classes[class_name]
+                check_component_config(folder, name, component_class)
+            components[name] = component_class.from_pretrained(folder, subfolder=name)
+        return components
+
+    @classmethod
+    def _saved_settings(cls, folder: str, index: dict) -> dict:
+        """The non-component `__init__` arguments saved in `model_index.json` (the call defaults)."""
+        settings = {key: value for key, value in index.items() if not (key.startswith("_") or isinstance(value, list))}
+        unknown = sorted(set(settings) - set(inspect.signature(cls.__init__).parameters))
+        if unknown:
+            raise VeltrixRepositoryError(
+                f"{os.path.join(folder, MODEL_INDEX)} sets {unknown}, which {cls.__name__} of this version does not "
+                "take: it was written by an incompatible version."
+            )
+        return settings
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+    ) -> None:
+        """Writes a complete Hub repository (layout in `hub_repository`): safetensors weights and configs per
+        component, each component's self-contained code, the root pipeline file, `model_index.json` and the
+        `config.json` that `transformers.pipeline` reads. The folder is written next to `save_directory` and
+        renamed into place, so `save_directory` never holds a partial repository."""
+        if not safe_serialization:
+            raise ValueError("`safe_serialization` must be True: Veltrix saves safetensors only, got False.")
+        target = os.path.normpath(os.fspath(save_directory))
+        staging, previous = f"{target}.tmp", f"{target}.old"
+        for path in (staging, previous):
+            shutil.rmtree(path, ignore_errors=True)
+        super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
+        write_hub_code(self, staging)
+        if os.path.isdir(target):
+            os.replace(target, previous)
+        os.replace(staging, target)
+        shutil.rmtree(previous, ignore_errors=True)
 
     def check_inputs(
         self,
@@ -78,9 +220,8 @@ class VeltrixPipeline(DiffusionPipeline):
     ) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        for name, value in (("num_future_steps", num_future_steps), ("num_inference_steps", num_inference_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+        check_step_count("num_future_steps", num_future_steps)
+        check_step_count("num_inference_steps", num_inference_steps)
         self.encoder.check_pixel_values(frames)
         b, t = frames.shape[:2]
         if actions is not None:
@@ -112,8 +253,7 @@ class VeltrixPipeline(DiffusionPipeline):
         `temporal_context` also takes each frame's `previous_frame` (N, C, H, W)."""
         check_shape("units", units, ("N", "U", self.decoder.config.cross_attention_dim))
         check_finite("units", units)
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be an int >= 1, got {num_inference_steps!r}.")
+        check_step_count("num_inference_steps", num_inference_steps)
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)
@@ -141,8 +281,9 @@ class VeltrixPipeline(DiffusionPipeline):
         latents, decoded = latents.reshape(b, n, *latents.shape[1:]), []
         previous = last_context_frame.to(units.dtype)
         for step in range(n):
-            previous = self.decode_units(units[:, step], num_inference_steps, latents=latents[:, step],
-                                         previous_frame=previous)
+            previous = self.decode_units(
+                units[:, step], num_inference_steps, latents=latents[:, step], previous_frame=previous
+            )
             decoded.append(previous)
         return torch.stack(decoded, dim=1).flatten(0, 1)
 
@@ -152,8 +293,8 @@ class VeltrixPipeline(DiffusionPipeline):
         frames: torch.Tensor,
         actions: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
-        num_future_steps: int = 8,
-        num_inference_steps: int = 8,
+        num_future_steps: int | None = None,
+        num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -165,8 +306,10 @@ class VeltrixPipeline(DiffusionPipeline):
                 step, context and future; `None` evolves freely.
             timestamps (`torch.Tensor` of shape `(B, T + num_future_steps)`, *optional*): strictly increasing
                 times in seconds of context and future steps; defaults to the evolver's reference interval.
-            num_future_steps (`int`, defaults to 8): how many future steps to evolve and render.
-            num_inference_steps (`int`, defaults to 8): Euler steps of the flow-matching decoder.
+            num_future_steps (`int`, *optional*): how many future steps to evolve and render; defaults to
+                `self.config.default_num_future_steps`.
+            num_inference_steps (`int`, *optional*): Euler steps of the flow-matching decoder; defaults to
+                `self.config.default_num_inference_steps`.
             generator (`torch.Generator`, *optional*): makes the decoder's noise reproducible.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
@@ -178,6 +321,10 @@ class VeltrixPipeline(DiffusionPipeline):
         >>> out.frames.shape  # (B, 24, H, W, C)
         ```
         """
+        if num_future_steps is None:
+            num_future_steps = self.config.default_num_future_steps
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
         self.check_inputs(frames, actions, timestamps, num_future_steps, num_inference_steps, output_type)
         device = self._execution_device
         frames = frames.to(device=device, dtype=self.encoder.dtype)
@@ -203,4 +350,92 @@ class VeltrixPipeline(DiffusionPipeline):
         return VeltrixPipelineOutput(frames=images, units=units, timestamps=rollout.timestamps)
 
 
-__all__ = ["VeltrixPipeline", "VeltrixPipelineOutput"]
+class VeltrixWorldModel(PreTrainedModel):
+    r"""A saved Veltrix pipeline as one transformers model, what `AutoModel.from_pretrained(folder)` and
+    `pipeline("world-rollout", model=folder)` load.
+
+    It has no weights of its own: `from_pretrained` loads the folder's [`VeltrixPipeline`] and holds its components as
+    submodules (so `.to()` moves the pipeline), and the weights stay once, in the component folders.
+
+    Args:
+        config ([`VeltrixWorldConfig`]): the folder's root `config.json`.
+        pipeline ([`VeltrixPipeline`]): the loaded pipeline.
+    """
+
+    config_class = VeltrixWorldConfig
+    base_model_prefix = "world"
+    main_input_name = "frames"
+
+    def __init__(self, config: VeltrixWorldConfig, pipeline: VeltrixPipeline):
+        super().__init__(config)
+        self.pipeline = pipeline
+        for name, component in pipeline.components.items():
+            if isinstance(component, nn.Module):
+                self.add_module(name, component)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialises nothing: the wrapper owns no weights and its components arrive loaded (`post_init` would
+        otherwise re-initialise the diffusers decoder, which transformers does not know as loaded)."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        config: VeltrixWorldConfig | None = None,
+        trust_remote_code: bool = False,
+        dtype: torch.dtype | str | None = None,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        **loader_kwargs,
+    ) -> "VeltrixWorldModel":
+        """Loads the [`VeltrixPipeline`] of a folder or Hub repository id (`VeltrixPipeline.from_pretrained`, with
+        its checks) and wraps it. `dtype="auto"` keeps the saved dtype. `loader_kwargs` are what `AutoModel` and
+        `pipeline()` pass for their own bookkeeping (`_from_auto`, `_from_pipeline`, `code_revision`,
+        `adapter_kwargs`); anything else raises."""
+        unexpected = sorted(set(loader_kwargs) - {"_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs"})
+        if unexpected:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unexpected}.")
+        hub = dict(cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only)
+        pipeline = VeltrixPipeline.from_pretrained(
+            pretrained_model_name_or_path,
+            trust_remote_code=trust_remote_code,
+            torch_dtype=None if dtype in (None, "auto") else dtype,
+            force_download=force_download,
+            **hub,
+        )
+        if config is None:
+            config = VeltrixWorldConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        return cls(config, pipeline).eval()
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        num_future_steps: int | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+    ) -> VeltrixPipelineOutput:
+        """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`] (see
+        `VeltrixPipeline.__call__`)."""
+        return self.pipeline(
+            frames,
+            actions=actions,
+            timestamps=timestamps,
+            num_future_steps=num_future_steps,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type=output_type,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
+        """Saves the whole repository through `VeltrixPipeline.save_pretrained`."""
+        self.pipeline.save_pretrained(save_directory, max_shard_size=max_shard_size)
+
+
+__all__ = ["VeltrixPipeline", "VeltrixPipelineOutput", "VeltrixWorldModel"]

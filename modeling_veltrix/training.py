@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
 from .modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel
-from .modeling_veltrix_evolver import VeltrixEvolverModel
+from .modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty
 from .pipeline_veltrix import VeltrixPipeline
 from .worlds import build_world_dataset, world_metadata
 
@@ -55,7 +55,9 @@ class VeltrixTrainingRecipe:
     """Everything a training run depends on besides the model configs: data, windows, loss weights, stages.
 
     `rollout_window` is the training window W: the evolver is trained to roll out W steps open loop from
-    `context_length` observed steps.
+    `context_length` observed steps. `stability_weight` (default 0: off) weighs the Lyapunov-like regulariser
+    `modeling_veltrix_evolver.lyapunov_penalty` on that rollout, with a context perturbation of relative size
+    `stability_perturbation`.
     """
 
     world: str = "bouncing_balls"
@@ -70,6 +72,8 @@ class VeltrixTrainingRecipe:
     pixel_loss_weight: float = 1.0
     teacher_forcing_weight: float = 1.0
     open_loop_weight: float = 1.0
+    stability_weight: float = 0.0
+    stability_perturbation: float = 1e-2
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
     decoder_loss_weighting: str = "none"
@@ -101,6 +105,10 @@ class VeltrixTrainingRecipe:
                 f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "
                 f"got {self.decoder_frames_per_trajectory}."
             )
+        if self.stability_weight < 0:
+            raise ValueError(f"`stability_weight` must be >= 0, got {self.stability_weight}.")
+        if self.stability_perturbation <= 0:
+            raise ValueError(f"`stability_perturbation` must be > 0, got {self.stability_perturbation}.")
 
     @classmethod
     def from_json_file(cls, path: str) -> "VeltrixTrainingRecipe":
@@ -185,6 +193,16 @@ class VeltrixEvolverStage(nn.Module):
             rollout.units, units[:, start + context : end], pixel_values[:, start + context : end]
         )
         loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
+        if recipe.stability_weight:
+            penalty = lyapunov_penalty(
+                self.evolver,
+                units[:, start : start + context],
+                rollout.units,
+                conditions=actions[:, start:end],
+                timestamps=timestamps[:, start:end],
+                perturbation=recipe.stability_perturbation,
+            )
+            loss = loss + recipe.stability_weight * penalty
         return {"loss": loss}
 
 

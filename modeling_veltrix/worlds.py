@@ -8,6 +8,20 @@ Each world produces trajectories in the Veltrix data contract (DESIGN.md §2):
                                                        frame t is observed, so it first shows in frame t+1
     physics       (N, T, P)        float32             ground-truth state (positions, velocities, energy)
 
+Opt-in (``audio=True`` / ``captions=True`` in the world config), per step ``t``, describing what happened since frame
+``t - 1`` (step 0: nothing):
+
+    audio_values    (N, T, S)      float32 in [-1, 1]  16 kHz mono window of ``S = frame_interval * sample_rate``
+                                                       samples ending at frame t: a decaying tone per event, its
+                                                       pitch set by the object (ball colour; the pendulum's bob)
+    captions        (N, T)         str                 templated: "<events>. <where the objects are>." e.g.
+                                                       "the red ball hits the left wall. red is top left, ..."
+    input_ids       (N, T, L)      int64               UTF-8 bytes of the caption, 0-padded (`byte_tokenize`)
+    attention_mask  (N, T, L)      int64               1 on caption bytes, 0 on padding
+
+Events are collisions (ball–wall, ball–ball) for the balls and swing extremes (the angular velocity changes sign)
+for the pendulum, detected at integrator sub-step resolution.
+
 Worlds:
 
 - ``"bouncing_balls"`` — `BouncingBallsWorld`: equal-mass discs in a square box with elastic collisions
@@ -42,6 +56,8 @@ from typing import Any, ClassVar
 import datasets
 import numpy as np
 
+from .text_units import byte_tokenize
+
 __all__ = [
     "WORLDS",
     "BouncingBallsWorld",
@@ -52,6 +68,7 @@ __all__ = [
     "WorldConfig",
     "WorldMetadata",
     "build_world_dataset",
+    "caption_event",
     "get_world",
     "world_features",
     "world_metadata",
@@ -69,6 +86,10 @@ DEFAULT_BALL_COLORS: tuple[RGB, ...] = (
     (1.0, 0.6, 0.1),  # orange
     (0.9, 0.9, 0.9),  # white
 )
+DEFAULT_BALL_NAMES: tuple[str, ...] = ("red", "green", "blue", "yellow", "cyan", "magenta", "orange", "white")
+# Pitches a major third apart (A4 upwards), so that every ball's tone falls in a different mel band at 16 kHz.
+DEFAULT_TONE_FREQUENCIES: tuple[float, ...] = (440.0, 554.37, 698.46, 880.0, 1108.73, 1396.91, 1760.0, 2217.46)
+WALLS = ("left", "right", "top", "bottom")
 
 
 def _check(config: Any, field: str, valid: bool, expected: str) -> None:
@@ -109,6 +130,16 @@ class WorldConfig:
             Integrator sub-steps per frame gap (collisions are resolved at every sub-step).
         impulse_probability (`float`, *optional*, defaults to 0.1):
             Probability that the action at a step is a non-zero impulse (otherwise it is all zeros).
+        audio (`bool`, *optional*, defaults to `False`):
+            Also emit `audio_values (N, T, S)`: per step, the sound of the events since the previous frame.
+        captions (`bool`, *optional*, defaults to `False`):
+            Also emit templated `captions (N, T)` and their byte tokens `input_ids`, `attention_mask (N, T, L)`.
+        sample_rate (`int`, *optional*, defaults to 16000):
+            Audio sample rate in Hz; a step's window holds `round(frame_interval * sample_rate)` samples.
+        tone_duration (`float`, *optional*, defaults to 0.04):
+            Length in seconds of the decaying tone of one event (cut at the end of the step's window).
+        caption_length (`int`, *optional*, defaults to 128):
+            Bytes `L` per caption in `input_ids`; longer captions are truncated (the `captions` strings are not).
     """
 
     image_size: int = 32
@@ -117,6 +148,11 @@ class WorldConfig:
     timestamp_jitter: float = 0.5
     substeps: int = 8
     impulse_probability: float = 0.1
+    audio: bool = False
+    captions: bool = False
+    sample_rate: int = 16000
+    tone_duration: float = 0.04
+    caption_length: int = 128
 
     def __post_init__(self) -> None:
         _check(self, "image_size", _is_int(self.image_size) and self.image_size >= 8, "an int >= 8")
@@ -140,6 +176,21 @@ class WorldConfig:
             _is_real(self.impulse_probability) and 0.0 <= self.impulse_probability <= 1.0,
             "a float in [0, 1]",
         )
+        _check(self, "audio", isinstance(self.audio, bool), "a bool")
+        _check(self, "captions", isinstance(self.captions, bool), "a bool")
+        _check(self, "sample_rate", _is_int(self.sample_rate) and self.sample_rate >= 1000, "an int >= 1000")
+        _check(
+            self,
+            "tone_duration",
+            _is_real(self.tone_duration) and 0 < self.tone_duration <= self.frame_interval,
+            f"a float in (0, frame_interval = {self.frame_interval}]",
+        )
+        _check(self, "caption_length", _is_int(self.caption_length) and self.caption_length >= 16, "an int >= 16")
+
+    @property
+    def audio_window(self) -> int:
+        """Samples `S` of a step's audio window."""
+        return round(self.frame_interval * self.sample_rate)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-serialisable dict (tuples become lists)."""
@@ -168,6 +219,10 @@ class BouncingBallsWorldConfig(WorldConfig):
             Width in pixels of the linear coverage ramp at a disc's edge (anti-aliasing).
         ball_colors (`tuple[tuple[float, float, float], ...]`, *optional*, defaults to `DEFAULT_BALL_COLORS`):
             RGB colours in `[0, 1]`; ball `b` uses `ball_colors[b]`. The default holds 8 distinct colours.
+        ball_names (`tuple[str, ...]`, *optional*, defaults to `DEFAULT_BALL_NAMES`):
+            Names of the balls in captions (the colours' names), at least `num_balls`.
+        tone_frequencies (`tuple[float, ...]`, *optional*, defaults to `DEFAULT_TONE_FREQUENCIES`):
+            Pitch in Hz of ball `b`'s tone, at least `num_balls`, each below `sample_rate / 2`.
     """
 
     num_balls: int = 3
@@ -177,6 +232,8 @@ class BouncingBallsWorldConfig(WorldConfig):
     impulse_scale: float = 5.0
     edge_softness: float = 1.0
     ball_colors: tuple[RGB, ...] = DEFAULT_BALL_COLORS
+    ball_names: tuple[str, ...] = DEFAULT_BALL_NAMES
+    tone_frequencies: tuple[float, ...] = DEFAULT_TONE_FREQUENCIES
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -223,6 +280,24 @@ class BouncingBallsWorldConfig(WorldConfig):
             "a finite float >= 0",
         )
         _check(self, "edge_softness", _is_real(self.edge_softness) and self.edge_softness > 0, "a float > 0")
+        _check(
+            self,
+            "ball_names",
+            isinstance(self.ball_names, (tuple, list))
+            and len(self.ball_names) >= self.num_balls
+            and all(isinstance(name, str) and name for name in self.ball_names),
+            f"a sequence of at least num_balls = {self.num_balls} non-empty strings",
+        )
+        _check(
+            self,
+            "tone_frequencies",
+            isinstance(self.tone_frequencies, (tuple, list))
+            and len(self.tone_frequencies) >= self.num_balls
+            and all(_is_real(f) and 0 < f < self.sample_rate / 2 for f in self.tone_frequencies),
+            f"a sequence of at least num_balls = {self.num_balls} frequencies in (0, sample_rate / 2)",
+        )
+        self.ball_names = tuple(self.ball_names)
+        self.tone_frequencies = tuple(float(f) for f in self.tone_frequencies)
 
 
 @dataclass
@@ -255,6 +330,8 @@ class PendulumWorldConfig(WorldConfig):
             RGB colour of the bob in `[0, 1]`.
         rod_color (`tuple[float, float, float]`, *optional*, defaults to `(0.6, 0.6, 0.6)`):
             RGB colour of the rod in `[0, 1]`.
+        tone_frequency (`float`, *optional*, defaults to 523.25):
+            Pitch in Hz of the bob's tone at each swing extreme, below `sample_rate / 2`.
     """
 
     rod_length: float = 10.0
@@ -267,6 +344,7 @@ class PendulumWorldConfig(WorldConfig):
     edge_softness: float = 1.0
     bob_color: RGB = (1.0, 0.6, 0.1)
     rod_color: RGB = (0.6, 0.6, 0.6)
+    tone_frequency: float = 523.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -309,6 +387,12 @@ class PendulumWorldConfig(WorldConfig):
         _check(self, "rod_color", _is_rgb(self.rod_color), "an RGB triple in [0, 1]")
         self.bob_color = tuple(float(c) for c in self.bob_color)
         self.rod_color = tuple(float(c) for c in self.rod_color)
+        _check(
+            self,
+            "tone_frequency",
+            _is_real(self.tone_frequency) and 0 < self.tone_frequency < self.sample_rate / 2,
+            f"a float in (0, sample_rate / 2 = {self.sample_rate / 2})",
+        )
 
 
 @dataclass(frozen=True)
@@ -322,6 +406,27 @@ class WorldMetadata:
     physics_dim: int
     physics_fields: tuple[str, ...]
     frame_interval: float
+    audio_window: int = 0
+    caption_length: int = 0
+
+
+REGION_NAMES = (
+    ("top left", "top", "top right"),
+    ("left", "centre", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+
+
+def _region(x: float, y: float, size: float) -> str:
+    """Name of the cell of a 3 x 3 split of the image that holds `(x, y)`."""
+    column, row = min(int(3 * x / size), 2), min(int(3 * y / size), 2)
+    return REGION_NAMES[max(row, 0)][max(column, 0)]
+
+
+def caption_event(caption: str) -> str:
+    """The event clause of a world caption: the text before the first ". " (e.g. "the red ball hits the left
+    wall", or "nothing happens")."""
+    return caption.split(". ", 1)[0]
 
 
 def _coverage(distance: np.ndarray, radius: float, softness: float) -> np.ndarray:
@@ -367,6 +472,8 @@ class World(abc.ABC):
             physics_dim=self.physics_dim,
             physics_fields=self.physics_fields,
             frame_interval=self.config.frame_interval,
+            audio_window=self.config.audio_window if self.config.audio else 0,
+            caption_length=self.config.caption_length if self.config.captions else 0,
         )
 
     @abc.abstractmethod
@@ -374,8 +481,8 @@ class World(abc.ABC):
         """One trajectory's initial state, shape `state_shape`, float64."""
 
     @abc.abstractmethod
-    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-        """Physics of every step from validated float64 inputs.
+    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Physics and events of every step from validated float64 inputs.
 
         Args:
             states: `(N, *state_shape)` initial states.
@@ -383,12 +490,62 @@ class World(abc.ABC):
             gaps: `(N, T - 1)` seconds between consecutive steps.
 
         Returns:
-            `(N, T, P)` float64 physics in the order of `physics_fields`.
+            `(N, T, P)` float64 physics in the order of `physics_fields`, and `(N, T, E)` float64 event times: for
+            each event kind of `event_kinds`, the seconds after frame `t - 1` at which it first happened before frame
+            `t` (at the end of the sub-step that detected it), NaN if it did not (always NaN at step 0).
         """
 
     @abc.abstractmethod
     def _draw(self, physics: np.ndarray) -> np.ndarray:
         """Frames `(N, T, 3, H, W)` float32 in [-1, 1] from validated physics `(N, T, P)`."""
+
+    @abc.abstractmethod
+    def _event_phrase(self, kind: int) -> str:
+        """Caption phrase of event kind `kind`, e.g. "the red ball hits the left wall"."""
+
+    @abc.abstractmethod
+    def _event_pitches(self, kind: int) -> tuple[float, ...]:
+        """Frequencies in Hz of the tones of event kind `kind`: one per object involved."""
+
+    @abc.abstractmethod
+    def _scene_phrase(self, physics: np.ndarray) -> str:
+        """Where the objects are, from one step's physics `(P,)`, e.g. "red is top left, green is centre"."""
+
+    def _synthesize(self, events: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """Audio windows `(N, T, S)` float32: a decaying sine per event and object, at the event time.
+
+        The window of step `t` spans the `S` samples ending at frame `t`; an event older than the window (a gap
+        longer than `frame_interval`) sounds from the window's first sample, and one too close to the window's end
+        for its whole tone sounds `tone_duration` before the end.
+        """
+        config = self.config
+        rate, window = config.sample_rate, config.audio_window
+        audio = np.zeros((*events.shape[:2], window), dtype=np.float64)
+        gaps = np.diff(timestamps.astype(np.float64), axis=1, prepend=0.0)  # (N, T); step 0 has no events
+        length = round(config.tone_duration * rate)
+        time = np.arange(length) / rate
+        # An exponential decay to ~1 % over the tone, with a 2 ms fade-in so the onset does not click.
+        envelope = np.exp(-4.6 * time / config.tone_duration) * np.minimum(1.0, time / 0.002)
+        for n, t, kind in zip(*np.nonzero(~np.isnan(events)), strict=True):
+            start = round((events[n, t, kind] - gaps[n, t]) * rate) + window
+            # A tone that would run past the window's end starts early enough to be heard whole in its own step.
+            start = min(max(start, 0), window - length)
+            stop = min(window, start + length)
+            for pitch in self._event_pitches(kind):
+                tone = 0.4 * envelope[: stop - start] * np.sin(2 * np.pi * pitch * time[: stop - start])
+                audio[n, t, start:stop] += tone
+        return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+    def _captions(self, physics: np.ndarray, events: np.ndarray) -> np.ndarray:
+        """Captions `(N, T)` (object array of str): "<events joined by ' and ', or 'nothing happens'>. <scene>."."""
+        num_trajectories, num_steps = physics.shape[:2]
+        captions = np.empty((num_trajectories, num_steps), dtype=object)
+        for n in range(num_trajectories):
+            for t in range(num_steps):
+                kinds = np.nonzero(~np.isnan(events[n, t]))[0]
+                happened = " and ".join(self._event_phrase(int(k)) for k in kinds) or "nothing happens"
+                captions[n, t] = f"{happened}. {self._scene_phrase(physics[n, t])}."
+        return captions
 
     def render(self, physics: np.ndarray) -> np.ndarray:
         """Draw frames from physics `(N, T, P)`; returns pixel values `(N, T, 3, H, W)` float32 in [-1, 1].
@@ -466,7 +623,8 @@ class World(abc.ABC):
 
         Returns:
             dict with `pixel_values (N, T, 3, H, W)`, `timestamps (N, T)`, `actions (N, T, A)` and
-            `physics (N, T, P)`, all float32.
+            `physics (N, T, P)`, all float32; with `config.audio`, `audio_values (N, T, S)` float32; with
+            `config.captions`, `captions (N, T)` str and `input_ids`, `attention_mask (N, T, L)` int64.
         """
         initial_states = np.asarray(initial_states)
         actions = np.asarray(actions)
@@ -492,20 +650,29 @@ class World(abc.ABC):
         gaps = np.diff(timestamps.astype(np.float64), axis=1)
         if (gaps <= 0).any():
             raise ValueError("timestamps must be strictly increasing along T, got a gap <= 0")
-        physics = self._integrate(initial_states.astype(np.float64), actions.astype(np.float64), gaps)
-        return {
+        physics, events = self._integrate(initial_states.astype(np.float64), actions.astype(np.float64), gaps)
+        result = {
             "pixel_values": self._draw(physics),
             "timestamps": timestamps.astype(np.float32),
             "actions": actions.astype(np.float32),
             "physics": physics.astype(np.float32),
         }
+        if self.config.audio:
+            result["audio_values"] = self._synthesize(events, timestamps)
+        if self.config.captions:
+            captions = self._captions(physics, events)
+            input_ids, attention_mask = byte_tokenize(captions.reshape(-1).tolist(), self.config.caption_length)
+            result["captions"] = captions
+            result["input_ids"] = input_ids.reshape(*captions.shape, -1)
+            result["attention_mask"] = attention_mask.reshape(*captions.shape, -1)
+        return result
 
     def generate(self, num_trajectories: int, num_steps: int, seed: int, first_index: int = 0) -> dict[str, np.ndarray]:
         """Sample and simulate trajectories `first_index, ..., first_index + num_trajectories - 1` of `seed`.
 
         Returns:
-            dict with `pixel_values (N, T, 3, H, W)` in [-1, 1], `timestamps (N, T)`, `actions (N, T, A)` and
-            `physics (N, T, P)`, all float32.
+            the dict of `simulate`: `pixel_values (N, T, 3, H, W)` in [-1, 1], `timestamps (N, T)`,
+            `actions (N, T, A)`, `physics (N, T, P)`, and the opt-in audio and caption keys.
         """
         conditions = self.sample_conditions(num_trajectories, num_steps, seed, first_index)
         return self.simulate(**conditions)
@@ -535,6 +702,10 @@ class BouncingBallsWorld(World):
         ) + ("kinetic_energy",)
         self._pairs = [(i, j) for i in range(num_balls) for j in range(i + 1, num_balls)]
         self._colors = np.asarray(self.config.ball_colors[:num_balls], dtype=np.float32)  # (B, 3)
+        # Event kinds: per ball its four walls (left, right, top, bottom), then every pair of balls.
+        self.event_kinds = tuple(("wall", b, side) for b in range(num_balls) for side in WALLS) + tuple(
+            ("ball", i, j) for i, j in self._pairs
+        )
 
     def sample_initial_state(self, rng: np.random.Generator) -> np.ndarray:
         """Non-overlapping positions (1 px apart at least) uniform in the box; speeds uniform in
@@ -554,20 +725,25 @@ class BouncingBallsWorld(World):
         velocities = speeds[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         return np.concatenate([positions, velocities], axis=1)
 
-    def _substep(self, pos: np.ndarray, vel: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Advance positions and velocities `(N, B, 2)` by `dt (N, 1, 1)`: drift, collisions, wall bounces."""
+    def _substep(self, pos: np.ndarray, vel: np.ndarray, dt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Advance positions and velocities `(N, B, 2)` by `dt (N, 1, 1)`: drift, collisions, wall bounces.
+
+        Also returns which event kinds (`event_kinds`) happened, `(N, E)` bool."""
         radius, size = self.config.ball_radius, self.config.image_size
         pos = pos + vel * dt
+        pair_hits = []
         for i, j in self._pairs:
             delta = pos[:, j] - pos[:, i]  # (N, 2)
             distance = np.sqrt(np.sum(delta * delta, axis=-1))  # (N,)
             touching = distance < 2 * radius
             if not touching.any():
+                pair_hits.append(touching)
                 continue
             normal = delta / np.maximum(distance, 1e-12)[:, None]
             closing = np.sum((vel[:, j] - vel[:, i]) * normal, axis=-1)  # < 0 when approaching
             # Equal masses: an elastic collision swaps the velocity components along the normal.
             exchange = np.where(touching & (closing < 0), closing, 0.0)[:, None] * normal
+            pair_hits.append(touching & (closing < 0))
             vel[:, i] += exchange
             vel[:, j] -= exchange
             # Separate overlapping balls symmetrically; positions only, so the energy is untouched.
@@ -579,23 +755,52 @@ class BouncingBallsWorld(World):
         # Mirror the overshoot back into the box and flip the velocity component.
         pos = np.where(below, 2 * low - pos, np.where(above, 2 * high - pos, pos))
         vel = np.where(below, np.abs(vel), np.where(above, -np.abs(vel), vel))
-        return np.clip(pos, low, high), vel
+        # (N, B, 4) in WALLS order: x below (left), x above (right), y below (top), y above (bottom).
+        wall_hits = np.stack([below[..., 0], above[..., 0], below[..., 1], above[..., 1]], axis=-1)
+        pair_hits = np.stack(pair_hits, axis=-1) if pair_hits else np.zeros((pos.shape[0], 0), dtype=bool)
+        return np.clip(pos, low, high), vel, np.concatenate([wall_hits.reshape(pos.shape[0], -1), pair_hits], axis=-1)
 
-    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         num_trajectories, num_steps = actions.shape[:2]
         pos, vel = states[..., :2].copy(), states[..., 2:].copy()  # (N, B, 2) each
         trajectory = np.empty((num_trajectories, num_steps, *self.state_shape))  # (N, T, B, 4)
+        events = np.full((num_trajectories, num_steps, len(self.event_kinds)), np.nan)
         for t in range(num_steps):
             trajectory[:, t, :, :2], trajectory[:, t, :, 2:] = pos, vel
             if t == num_steps - 1:
                 break
             vel[:, 0] += actions[:, t]  # impulse on ball 0, right after frame t
             dt = (gaps[:, t] / self.config.substeps)[:, None, None]
-            for _ in range(self.config.substeps):
-                pos, vel = self._substep(pos, vel, dt)
+            for substep in range(self.config.substeps):
+                pos, vel, hits = self._substep(pos, vel, dt)
+                first = hits & np.isnan(events[:, t + 1])
+                events[:, t + 1] = np.where(first, (substep + 1) * dt[:, :, 0], events[:, t + 1])
         velocities = trajectory[..., 2:]
         kinetic_energy = 0.5 * np.sum(velocities * velocities, axis=(2, 3))  # (N, T)
-        return np.concatenate([trajectory.reshape(num_trajectories, num_steps, -1), kinetic_energy[..., None]], axis=-1)
+        physics = np.concatenate(
+            [trajectory.reshape(num_trajectories, num_steps, -1), kinetic_energy[..., None]], axis=-1
+        )
+        return physics, events
+
+    def _event_phrase(self, kind: int) -> str:
+        what, first, other = self.event_kinds[kind]
+        target = f"the {other} wall" if what == "wall" else f"the {self._color_name(other)} ball"
+        return f"the {self._color_name(first)} ball hits {target}"
+
+    def _event_pitches(self, kind: int) -> tuple[float, ...]:
+        what, first, other = self.event_kinds[kind]
+        balls = (first,) if what == "wall" else (first, other)
+        return tuple(self.config.tone_frequencies[b] for b in balls)
+
+    def _scene_phrase(self, physics: np.ndarray) -> str:
+        size = self.config.image_size
+        return ", ".join(
+            f"{self._color_name(b)} is {_region(physics[4 * b], physics[4 * b + 1], size)}"
+            for b in range(self.config.num_balls)
+        )
+
+    def _color_name(self, ball: int) -> str:
+        return self.config.ball_names[ball]
 
     def _draw(self, physics: np.ndarray) -> np.ndarray:
         """Draw the balls (alpha-composited in index order) on black.
@@ -639,6 +844,8 @@ class PendulumWorld(World):
         self.state_shape = (2,)
         self.action_dim = 1
         self.physics_fields = ("angle", "angular_velocity", "bob_x", "bob_y", "energy")
+        # Event kinds: the bob turns back at its left or its right extreme.
+        self.event_kinds = (("extreme", "left"), ("extreme", "right"))
         self._pivot = self.config.image_size / 2.0
         self._bob_color = np.asarray(self.config.bob_color, dtype=np.float32)[None, :, None, None]
         self._rod_color = np.asarray(self.config.rod_color, dtype=np.float32)[None, :, None, None]
@@ -661,26 +868,43 @@ class PendulumWorld(World):
         omega = omega + dt / 6.0 * (k1_omega + 2 * k2_omega + 2 * k3_omega + k4_omega)
         return theta, omega
 
-    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    def _integrate(self, states: np.ndarray, actions: np.ndarray, gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         config = self.config
         num_trajectories, num_steps = actions.shape[:2]
         theta, omega = states[:, 0].copy(), states[:, 1].copy()  # (N,) each
         thetas = np.empty((num_trajectories, num_steps))
         omegas = np.empty((num_trajectories, num_steps))
+        events = np.full((num_trajectories, num_steps, 2), np.nan)
         for t in range(num_steps):
             thetas[:, t], omegas[:, t] = theta, omega
             if t == num_steps - 1:
                 break
             omega = omega + actions[:, t, 0]  # impulse right after frame t
             dt = gaps[:, t] / config.substeps
-            for _ in range(config.substeps):
+            for substep in range(config.substeps):
+                previous = omega
                 theta, omega = self._rk4_step(theta, omega, dt)
+                # A swing extreme: ω changes sign; the side is where the bob is (θ > 0 is towards +x, the right).
+                turned = previous * omega < 0
+                sides = (np.sin(theta) > 0).astype(int)
+                for side in (0, 1):
+                    first = turned & (sides == side) & np.isnan(events[:, t + 1, side])
+                    events[:, t + 1, side] = np.where(first, (substep + 1) * dt, events[:, t + 1, side])
         length, gravity = config.rod_length, config.gravity
         energy = 0.5 * length**2 * omegas**2 + gravity * length * (1.0 - np.cos(thetas))
         bob_x = self._pivot + length * np.sin(thetas)
         bob_y = self._pivot + length * np.cos(thetas)
         wrapped = (thetas + np.pi) % (2 * np.pi) - np.pi
-        return np.stack([wrapped, omegas, bob_x, bob_y, energy], axis=-1)
+        return np.stack([wrapped, omegas, bob_x, bob_y, energy], axis=-1), events
+
+    def _event_phrase(self, kind: int) -> str:
+        return f"the bob turns at the {self.event_kinds[kind][1]}"
+
+    def _event_pitches(self, kind: int) -> tuple[float, ...]:
+        return (self.config.tone_frequency,)
+
+    def _scene_phrase(self, physics: np.ndarray) -> str:
+        return f"the bob is {_region(physics[2], physics[3], self.config.image_size)}"
 
     def _draw(self, physics: np.ndarray) -> np.ndarray:
         """Draw the rod then the bob on black. `(N, T, P)` → `(N, T, 3, H, W)` in [-1, 1]."""
@@ -733,16 +957,23 @@ def world_metadata(world: str | World, **overrides: Any) -> WorldMetadata:
 
 
 def world_features(world: World, num_steps: int) -> datasets.Features:
-    """Typed `datasets.Features` of one trajectory of `num_steps` steps (float32 throughout)."""
-    size = world.config.image_size
-    return datasets.Features(
-        {
-            "pixel_values": datasets.Array4D(shape=(num_steps, 3, size, size), dtype="float32"),
-            "timestamps": datasets.List(datasets.Value("float32"), length=num_steps),
-            "actions": datasets.Array2D(shape=(num_steps, world.action_dim), dtype="float32"),
-            "physics": datasets.Array2D(shape=(num_steps, world.physics_dim), dtype="float32"),
-        }
-    )
+    """Typed `datasets.Features` of one trajectory of `num_steps` steps (float32, and with the world's opt-in
+    captions, the caption strings and their int64 byte tokens)."""
+    config = world.config
+    size = config.image_size
+    features = {
+        "pixel_values": datasets.Array4D(shape=(num_steps, 3, size, size), dtype="float32"),
+        "timestamps": datasets.List(datasets.Value("float32"), length=num_steps),
+        "actions": datasets.Array2D(shape=(num_steps, world.action_dim), dtype="float32"),
+        "physics": datasets.Array2D(shape=(num_steps, world.physics_dim), dtype="float32"),
+    }
+    if config.audio:
+        features["audio_values"] = datasets.Array2D(shape=(num_steps, config.audio_window), dtype="float32")
+    if config.captions:
+        features["captions"] = datasets.List(datasets.Value("string"), length=num_steps)
+        features["input_ids"] = datasets.Array2D(shape=(num_steps, config.caption_length), dtype="int64")
+        features["attention_mask"] = datasets.Array2D(shape=(num_steps, config.caption_length), dtype="int64")
+    return datasets.Features(features)
 
 
 def _trajectory_examples(
@@ -753,7 +984,8 @@ def _trajectory_examples(
     for start in range(0, num_trajectories, chunk_size):
         batch = simulator.generate(min(chunk_size, num_trajectories - start), num_steps, seed, first_index=start)
         for i in range(len(batch["timestamps"])):
-            yield {key: value[i] for key, value in batch.items()}
+            # Caption strings come as an object array; `datasets` takes them as a list.
+            yield {key: value[i].tolist() if value.dtype == object else value[i] for key, value in batch.items()}
 
 
 def build_world_dataset(
@@ -768,7 +1000,9 @@ def build_world_dataset(
     """Build a `datasets.Dataset` of `num_trajectories` trajectories of a built-in world.
 
     Each row holds one trajectory: `pixel_values (T, 3, H, W)`, `timestamps (T,)`, `actions (T, A)`,
-    `physics (T, P)`, all float32 (see `world_features`). Row `i` equals trajectory `i` of
+    `physics (T, P)`, all float32, and with `audio=True` / `captions=True` among the overrides `audio_values (T, S)`,
+    `captions (T,)`, `input_ids (T, L)` and `attention_mask (T, L)` (see `world_features`).
+    Row `i` equals trajectory `i` of
     `get_world(world, irregular_timestamps=irregular_timestamps, **world_overrides)`
     `.generate(num_trajectories, num_steps, seed)`.
 
@@ -796,6 +1030,7 @@ def build_world_dataset(
         "chunk_size": 64,
     }
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(__file__).with_name("text_units.py").read_bytes())  # the captions' byte tokenizer
     digest.update(json.dumps(gen_kwargs, sort_keys=True).encode())
     return datasets.Dataset.from_generator(
         _trajectory_examples,

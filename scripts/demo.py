@@ -10,23 +10,26 @@ Builds the built-in world (bouncing balls by default), trains the `veltrix-tiny`
     DIR/error_vs_horizon.png
     DIR/pipeline/      the saved VeltrixPipeline
 
-then reloads DIR/pipeline in a fresh process and checks that it reproduces the rollout for the same seed.
+then reloads DIR/pipeline as a Hub user without this package would (a fresh process where `import modeling_veltrix`
+fails, `DiffusionPipeline.from_pretrained(DIR/pipeline, trust_remote_code=True)`) and checks that it reproduces the
+rollout for the same seed.
 Re-running with the same DIR resumes: finished stages are loaded, an interrupted stage continues from its last
 checkpoint.
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
-import subprocess
-import sys
+import tempfile
 import time
 
 import torch
 from safetensors.torch import save_file
 
 from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
-from modeling_veltrix.model_card import render_model_card, save_model_card
+from modeling_veltrix.model_card import render_model_card, save_model_card, validate_model_card
+from modeling_veltrix.remote_code_check import run_without_package
 from modeling_veltrix.training import (
     STAGES,
     VeltrixTrainingRecipe,
@@ -74,12 +77,13 @@ def scaled_recipe(args: argparse.Namespace) -> VeltrixTrainingRecipe:
 
 
 def reload_check(pipeline_dir: str, check_file: str) -> None:
-    """Reloads the saved pipeline in a fresh Python process and compares its rollout with the saved one."""
+    """Reloads the saved pipeline with its own code in a fresh process without this package and compares its
+    rollout with the saved one."""
     code = (
         "import sys, torch\n"
-        "from modeling_veltrix import VeltrixPipeline\n"
+        "from diffusers import DiffusionPipeline\n"
         "from safetensors.torch import load_file\n"
-        "pipe = VeltrixPipeline.from_pretrained(sys.argv[1])\n"
+        "pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
         "pipe.set_progress_bar_config(disable=True)\n"
         "ref = load_file(sys.argv[2])\n"
         "out = pipe(ref['context'], actions=ref['actions'], timestamps=ref['timestamps'],\n"
@@ -89,10 +93,11 @@ def reload_check(pipeline_dir: str, check_file: str) -> None:
         "print(f'reloaded pipeline: max abs difference of the rollout frames = {diff:.3g}')\n"
         "sys.exit(0 if diff <= 1e-5 else 1)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", code, pipeline_dir, check_file], env=env, check=False)
+    with tempfile.TemporaryDirectory() as workdir:
+        result = run_without_package(code, [os.path.abspath(pipeline_dir), os.path.abspath(check_file)], workdir)
+    print(result.stdout, end="")
     if result.returncode != 0:
-        raise SystemExit("The reloaded pipeline did not reproduce the rollout (see above).")
+        raise SystemExit(f"The reloaded pipeline did not reproduce the rollout:\n{result.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -182,9 +187,15 @@ def main() -> None:
     for name in ("rollout.gif", "error_vs_horizon.png", "recipe.json", "metrics.json"):
         shutil.copyfile(os.path.join(args.output_dir, name), os.path.join(pipeline_dir, name))
     card = render_model_card(
-        os.path.join(REPO_ROOT, "model_card.md"), metrics, "veltrix-tiny-" + recipe.world, pipeline_dir
+        os.path.join(REPO_ROOT, "model_card.md"),
+        pipeline,
+        metrics,
+        dataclasses.asdict(recipe),
+        "veltrix-tiny-" + recipe.world,
+        pipeline_dir,
     )
     save_model_card(card, pipeline_dir)
+    validate_model_card(pipeline_dir)
     for target in metrics["targets"]:
         verdict = "met" if target["value"] < target["target"] else "NOT met"
         print(f"[veltrix] {target['name']} = {target['value']:.3f} ({target['op']} {target['target']}: {verdict})")

@@ -1,12 +1,20 @@
 """VeltrixEvolverModel: the three scan paths agree, cache + steps equal the full forward, continuous time,
-zero-initialised dynamics, save/load, input validation."""
+zero-initialised dynamics, save/load, input validation, the three evolution modes, O(1) rollouts, the stability
+regulariser."""
 
 import pytest
 import torch
-from conftest import randomize_, tiny_evolver_config
+from conftest import randomize_, tiny_encoder_config, tiny_evolver_config
 from transformers import AutoModel
 
-from modeling_veltrix import VeltrixEvolverModel
+from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
+from modeling_veltrix.evolver_benchmarks import LiveTensorMemory
+from modeling_veltrix.modeling_veltrix_evolver import (
+    VeltrixCounterfactualRolloutOutput,
+    VeltrixIntervention,
+    lyapunov_penalty,
+)
+from modeling_veltrix.worlds import build_world_dataset
 
 
 def make_model(**overrides) -> VeltrixEvolverModel:
@@ -139,3 +147,173 @@ def test_bad_inputs_name_the_argument():
     for call, argument in cases:
         with pytest.raises(ValueError, match=argument):
             call()
+
+
+def test_kernel_path_is_visible():
+    assert make_model().kernel_path == "torch"  # CPU: the PyTorch path
+    assert not make_model(use_mamba_kernels=False).layers[0].ssm.uses_cuda_kernels(torch.device("cuda"))
+
+
+def test_free_mode_uses_the_null_condition():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    free = model.rollout(units[:, :4], 5, timestamps=timestamps[:, :9], mode="free").units
+    assert torch.equal(free, model.rollout(units[:, :4], 5, timestamps=timestamps[:, :9]).units)
+    conditional = model.rollout(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9])
+    assert (free - conditional.units).abs().max() > 1e-6
+
+
+def test_rollout_stream_equals_rollout():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    rollout = model.rollout(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9])
+    stream = list(model.rollout_stream(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9]))
+    torch.testing.assert_close(torch.stack([s for _, s in stream], 1), rollout.units, rtol=0, atol=0)
+    torch.testing.assert_close(torch.stack([t for t, _ in stream], 1), rollout.timestamps, rtol=0, atol=0)
+
+
+def test_single_context_step_matches_forward():
+    """With one observed step the rollout starts from zero states, as `forward` does."""
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    first = model.rollout(units[:, :1], 1, conditions=actions[:, :2], timestamps=timestamps[:, :2]).units[:, 0]
+    expected = model(units[:, :1], timestamps[:, :1], actions[:, :1], prediction_timestamps=timestamps[:, 1:2])
+    torch.testing.assert_close(first, expected.predicted_units[:, 0], rtol=0, atol=1e-10)
+
+
+def test_mode_arguments_are_checked():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    context, conditions = units[:, :4], actions[:, :9]
+    impulse = VeltrixIntervention(step=1, state_delta=torch.ones_like(units[:, 0]))
+    cases = [
+        (dict(mode="dreaming"), "mode"),
+        (dict(mode="conditional"), "conditions"),
+        (dict(mode="free", conditions=conditions), "conditions"),
+        (dict(mode="counterfactual", conditions=conditions), "interventions"),
+        (dict(mode="conditional", conditions=conditions, interventions=impulse), "interventions"),
+        (dict(interventions=[]), "interventions"),
+        (dict(interventions=[impulse, "push"]), r"interventions\[1\]"),
+        (dict(interventions=VeltrixIntervention(step=5, state_delta=impulse.state_delta)), r"interventions\[0\].step"),
+        (dict(interventions=VeltrixIntervention(step=0)), r"interventions\[0\]"),
+        (dict(interventions=VeltrixIntervention(step=2, conditions=actions[:, :5])), r"interventions\[0\].conditions"),
+        (
+            dict(interventions=VeltrixIntervention(step=0, state_delta=units[:, 0, :3])),
+            r"interventions\[0\].state_delta",
+        ),
+    ]
+    for kwargs, argument in cases:
+        with pytest.raises(ValueError, match=argument):
+            model.rollout(context, 5, timestamps=timestamps[:, :9], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def bouncing_balls_units(tmp_path_factory):
+    """Encoded bouncing-balls trajectories with their impulse actions: units (2, 12, 16, 8), timestamps, actions."""
+    dataset = build_world_dataset(
+        "bouncing_balls",
+        num_trajectories=2,
+        num_steps=12,
+        seed=5,
+        image_size=16,
+        num_balls=1,
+        ball_radius=2.0,
+        irregular_timestamps=True,
+        cache_dir=str(tmp_path_factory.mktemp("balls")),
+    ).with_format("torch")
+    rows = dataset[:]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        units = VeltrixEncoderModel(tiny_encoder_config()).eval()(rows["pixel_values"]).units
+    return units, rows["timestamps"], rows["actions"]
+
+
+@pytest.mark.parametrize("step", [0, 3])
+@pytest.mark.parametrize("kind", ["impulse", "state"])
+def test_counterfactual_changes_the_branch_from_step_k_on(bouncing_balls_units, step, kind):
+    units, timestamps, actions = bouncing_balls_units
+    model = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval()
+    context, horizon = 4, 8
+    if kind == "impulse":  # an extra push on ball 0 at the transition into future step `step`, the rest unchanged
+        edited = actions[:, context - 1 + step : context - 1 + horizon].clone()
+        edited[:, 0] += torch.tensor([3.0, -2.0])
+        intervention = VeltrixIntervention(step=step, conditions=edited)
+    else:
+        intervention = VeltrixIntervention(step=step, state_delta=torch.full_like(units[:, 0], 0.5))
+    with torch.no_grad():
+        out = model.rollout(
+            units[:, :context], horizon, conditions=actions, timestamps=timestamps, interventions=intervention
+        )
+        factual = model.rollout(units[:, :context], horizon, conditions=actions, timestamps=timestamps)
+    assert isinstance(out, VeltrixCounterfactualRolloutOutput)
+    assert out.counterfactual_units.shape == out.units.shape == (2, horizon, 16, 8)
+    assert out.divergence.shape == (2, horizon)
+    assert torch.equal(out.units, factual.units)  # the factual branch is the conditional rollout
+    assert torch.equal(out.counterfactual_units[:, :step], out.units[:, :step])
+    assert (out.divergence[:, :step] == 0).all()
+    assert (out.divergence[:, step:] > 1e-4).all()
+    rms = (out.counterfactual_units - out.units).pow(2).mean(dim=(2, 3)).sqrt()
+    torch.testing.assert_close(out.divergence, rms)
+
+
+def test_counterfactual_from_a_free_branch_and_several_interventions():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    push = VeltrixIntervention(step=2, conditions=actions[:, 5:8])
+    kick = VeltrixIntervention(step=3, state_delta=torch.ones_like(units[:, 0]))
+    out = model.rollout(
+        units[:, :4], 5, timestamps=timestamps[:, :9], mode="counterfactual", interventions=[push, kick]
+    )
+    free = model.rollout(units[:, :4], 5, timestamps=timestamps[:, :9]).units
+    assert torch.equal(out.units, free)
+    assert torch.equal(out.counterfactual_units[:, :2], free[:, :2])
+    # The same edits by hand: conditioned from step 2 on, and the state at step 3 pushed.
+    state, cache = out.counterfactual_units[:, 1], None
+    prefix = model(units[:, :3], timestamps[:, :3], prediction_timestamps=timestamps[:, 1:4], use_cache=True).cache
+    state, cache = model.step(units[:, 3], prefix, timestamps[:, 3], timestamps[:, 4])
+    for i in range(4, 8):
+        state, cache = model.step(
+            state, cache, timestamps[:, i], timestamps[:, i + 1], actions[:, i] if i >= 5 else None
+        )
+        if i == 6:
+            state = state + 1.0
+        torch.testing.assert_close(state, out.counterfactual_units[:, i - 3], rtol=0, atol=1e-10)
+
+
+def test_ten_thousand_step_rollout_stays_finite_in_constant_memory():
+    torch.manual_seed(0)
+    config = tiny_evolver_config(num_units=1, unit_mixer="attention", num_hidden_layers=1, time_step_max=1.0)
+    model = randomize_(VeltrixEvolverModel(config)).eval()
+    context = torch.rand(1, 4, 1, 8) * 2 - 1
+    with torch.no_grad():
+        last = None
+        for _, last in model.rollout_stream(context, 10_000):
+            pass
+        assert torch.isfinite(last).all()
+        peaks = []
+        for horizon in (20, 400):
+            tracker = LiveTensorMemory()
+            with tracker:
+                for _ in model.rollout_stream(context, horizon):
+                    pass
+            peaks.append(tracker.peak)
+    assert peaks[0] > 0 and peaks[1] == peaks[0]
+
+
+def test_lyapunov_penalty():
+    units, timestamps, actions = (t.float() for t in trajectory())
+    context, kwargs = units[:, :4], {"conditions": actions[:, :9], "timestamps": timestamps[:, :9]}
+    # An untrained evolver moves nothing: a perturbation keeps its size, no step expands it.
+    still = VeltrixEvolverModel(tiny_evolver_config())
+    reference = still.rollout(context, 5, **kwargs).units
+    assert lyapunov_penalty(still, context, reference, **kwargs) < 1e-10
+    expansive = randomize_(VeltrixEvolverModel(tiny_evolver_config()), std=1.0)
+    reference = expansive.rollout(context, 5, **kwargs).units
+    penalty = lyapunov_penalty(expansive, context, reference, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert penalty > 0
+    penalty.backward()
+    assert expansive.velocity_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="perturbation"):
+        lyapunov_penalty(still, context, reference, perturbation=0.0, **kwargs)
+    with pytest.raises(ValueError, match="reference"):
+        lyapunov_penalty(still, context, reference[:, :, :3], **kwargs)

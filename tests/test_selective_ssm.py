@@ -73,3 +73,44 @@ def test_segment_sum():
     out = segment_sum(x)
     assert out[2, 0] == 5.0 and out[2, 2] == 0.0 and out[1, 0] == 2.0
     assert torch.isneginf(out[0, 1])
+
+
+def test_factorised_and_exact_heads_match_the_reference():
+    """One head decays gently (the factorised chunk form), one by ~1000 per chunk (the exact segment-sum form):
+    outputs, final state and gradients all match the sequential reference."""
+    x, dt, _, B, C, initial = random_problem(2, 2, 29, 4, 2, torch.float64)
+    dt = dt.clamp(max=1.0)
+    A = torch.tensor([-0.05, -200.0, -1.0, -900.0], dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, B, C, initial)]
+    reference = [t.clone().requires_grad_() for t in (x, dt, B, C, initial)]
+    y_chunk, state_chunk = ssd_chunked_scan(inputs[0], inputs[1], A, inputs[2], inputs[3], 8, initial_state=inputs[4])
+    y_seq, state_seq = ssd_sequential_scan(*reference[:2], A, *reference[2:4], initial_state=reference[4])
+    torch.testing.assert_close(y_chunk, y_seq, rtol=0, atol=1e-10)
+    torch.testing.assert_close(state_chunk, state_seq, rtol=0, atol=1e-10)
+    weights = torch.randn_like(y_seq)
+    ((y_chunk * weights).sum() + state_chunk.sum()).backward()
+    ((y_seq * weights).sum() + state_seq.sum()).backward()
+    for mine, theirs in zip(inputs, reference, strict=True):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=0, atol=1e-9)
+
+
+def test_half_precision_is_computed_in_float32():
+    x, dt, A, B, C, _ = random_problem(4, 1, 20, 2, 1, torch.float32)
+    y32, state32 = ssd_chunked_scan(x, dt, A, B, C, 8)
+    y16, state16 = ssd_chunked_scan(*(t.bfloat16() for t in (x, dt, A, B, C)), 8)
+    assert y16.dtype == state16.dtype == torch.bfloat16
+    assert (y16.float() - y32).abs().max() / (1 + y32.abs().max()) < 5e-2
+    assert torch.isfinite(state16).all()
+
+
+def test_cached_constants_serve_autograd_after_inference_mode():
+    """The chunk constants are cached per size: made first under inference mode, they must still be usable in a
+    backward pass (an inference tensor cannot be saved for backward)."""
+    x, dt, A, B, C, _ = random_problem(6, 1, 24, 2, 1, torch.float32)
+    dt[..., 1], A[1] = 30.0, -5.0  # one head past the factorisation limit: the segment-sum masks are used too
+    with torch.inference_mode():
+        ssd_chunked_scan(x, dt, A, B, C, 12)
+    inputs = [t.requires_grad_() for t in (x, dt, A, B, C)]
+    y, _ = ssd_chunked_scan(*inputs, 12)
+    y.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs)

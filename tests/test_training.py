@@ -178,7 +178,7 @@ def test_demo_end_to_end(tmp_path):
     assert (out / "error_vs_horizon.png").stat().st_size > 0
     assert (out / "pipeline" / "model_index.json").exists()
     card = ModelCard.load(out / "pipeline" / "README.md")
-    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "image-to-video"
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "video-to-video"
     assert {result.metric_name for result in card.data.eval_results} == {
         "pixel MSE at horizon 1",
         "pixel MSE at horizon 2",

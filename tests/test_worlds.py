@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_veltrix.text_units import byte_detokenize, byte_tokenize
 from modeling_veltrix.worlds import (
     WORLDS,
     BouncingBallsWorld,
@@ -13,6 +14,7 @@ from modeling_veltrix.worlds import (
     PendulumWorld,
     PendulumWorldConfig,
     build_world_dataset,
+    caption_event,
     get_world,
     world_metadata,
 )
@@ -269,3 +271,115 @@ def test_build_world_dataset_deterministic_per_seed(tmp_path):
     assert not np.array_equal(first["pixel_values"], other["pixel_values"])
     assert not np.array_equal(first["timestamps"], other["timestamps"])
     assert first["physics"].shape == (4, 8, 9)
+
+
+def dominant_frequency(window: np.ndarray, sample_rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(window, n=16 * len(window)))
+    return float(np.fft.rfftfreq(16 * len(window), 1 / sample_rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("name", WORLD_NAMES)
+def test_audio_and_captions_are_opt_in_and_deterministic(name):
+    plain = get_world(name).generate(3, 12, seed=0)
+    world = get_world(name, audio=True, captions=True, caption_length=160)
+    batch = world.generate(3, 12, seed=0)
+    again = get_world(name, audio=True, captions=True, caption_length=160).generate(3, 12, seed=0)
+    for key, value in plain.items():
+        np.testing.assert_array_equal(batch[key], value)  # the opt-in keys change nothing else
+    assert batch["audio_values"].shape == (3, 12, 1600) and batch["audio_values"].dtype == np.float32
+    assert np.abs(batch["audio_values"]).max() <= 1.0
+    assert not batch["audio_values"][:, 0].any()  # nothing has happened before the first frame
+    assert batch["captions"].shape == (3, 12) and all(isinstance(c, str) for c in batch["captions"].flat)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 12, 160)
+    assert batch["input_ids"].dtype == np.int64
+    for key in ("audio_values", "input_ids", "attention_mask"):
+        np.testing.assert_array_equal(batch[key], again[key])
+    assert batch["captions"].tolist() == again["captions"].tolist()
+    first = batch["captions"][0, 0]
+    assert bytes(batch["input_ids"][0, 0, : len(first)].tolist()).decode() == first
+    assert batch["attention_mask"][0, 0].sum() == len(first)
+    meta = world_metadata(world)
+    assert (meta.audio_window, meta.caption_length) == (1600, 160)
+
+
+def test_wall_hit_is_captioned_and_sounds_at_the_balls_pitch():
+    world = get_world("bouncing_balls", num_balls=1, audio=True, captions=True)
+    initial = np.array([[[27.0, 16.0, 20.0, 0.0]]])  # hits the right wall (x = 29) after 0.1 s
+    timestamps = np.arange(4, dtype=np.float32)[None] * 0.1
+    out = world.simulate(initial, np.zeros((1, 4, 2), np.float32), timestamps)
+    events = [caption_event(c) for c in out["captions"][0]]
+    assert events == ["nothing happens", "the red ball hits the right wall", "nothing happens", "nothing happens"]
+    assert out["captions"][0, 0] == "nothing happens. red is right."
+    audio = out["audio_values"][0]
+    assert not audio[[0, 2, 3]].any() and np.abs(audio[1]).max() > 0.1
+    assert abs(dominant_frequency(audio[1]) - world.config.tone_frequencies[0]) < 10
+    # The ball reaches the wall at the frame itself: the tone is moved to end with the window, so it is heard whole.
+    tone_start = 1600 - round(world.config.tone_duration * 16000)
+    assert not audio[1, :tone_start].any() and np.abs(audio[1, tone_start : tone_start + 100]).max() > 0.1
+
+
+def test_ball_collision_sounds_both_pitches():
+    world = get_world("bouncing_balls", num_balls=2, audio=True, captions=True, substeps=16)
+    initial = np.array([[[10.0, 16.0, 10.0, 0.0], [22.0, 16.0, -10.0, 0.0]]])
+    timestamps = np.arange(6, dtype=np.float32)[None] * 0.1
+    out = world.simulate(initial, np.zeros((1, 6, 2), np.float32), timestamps)
+    hits = [t for t, c in enumerate(out["captions"][0]) if caption_event(c) == "the red ball hits the green ball"]
+    assert len(hits) == 1
+    spectrum = np.abs(np.fft.rfft(out["audio_values"][0, hits[0]], n=16000))
+    low, high = world.config.tone_frequencies[:2]
+    assert spectrum[round(low)] > 10 * spectrum[1000] and spectrum[round(high)] > 10 * spectrum[1000]
+
+
+def test_pendulum_turns_are_captioned_with_their_side():
+    world = get_world("pendulum", audio=True, captions=True, impulse_probability=0.0)
+    timestamps = np.arange(40, dtype=np.float32)[None] * 0.1  # more than a period (3.1 s)
+    out = world.simulate(np.array([[0.3, 0.0]]), np.zeros((1, 40, 1), np.float32), timestamps)
+    events = [caption_event(c) for c in out["captions"][0]]
+    turns = [(t, e) for t, e in enumerate(events) if e != "nothing happens"]
+    assert [e for _, e in turns][:2] == ["the bob turns at the left", "the bob turns at the right"]
+    angle = out["physics"][0, :, 0]
+    for t, event in turns:
+        assert (angle[t] < 0) == event.endswith("left")
+        assert abs(dominant_frequency(out["audio_values"][0, t]) - world.config.tone_frequency) < 10
+
+
+def test_byte_tokenize_truncates_and_rejects_nul():
+    ids, mask = byte_tokenize(["héllo", "a" * 20], max_length=8)
+    assert ids.shape == (2, 8) and ids[0, :6].tolist() == list("héllo".encode())
+    assert mask[0].tolist() == [1] * 6 + [0] * 2 and mask[1].all()
+    assert byte_detokenize(torch.from_numpy(ids)) == ["héllo", "a" * 8]
+    with pytest.raises(ValueError, match="texts\\[0\\]"):
+        byte_tokenize(["a\x00b"], max_length=8)
+    with pytest.raises(ValueError, match="max_length"):
+        byte_tokenize(["a"], max_length=0)
+
+
+def test_build_world_dataset_with_audio_and_captions(tmp_path):
+    dataset = build_world_dataset(
+        "pendulum", num_trajectories=3, num_steps=6, cache_dir=str(tmp_path), audio=True, captions=True
+    )
+    features = dataset.features
+    assert features["audio_values"].shape == (6, 1600) and features["input_ids"].dtype == "int64"
+    assert features["captions"].length == 6
+    reference = get_world("pendulum", audio=True, captions=True).generate(3, 6, seed=0)
+    rows = dataset.with_format("numpy")[:]
+    for key in ("audio_values", "input_ids", "attention_mask", "pixel_values"):
+        np.testing.assert_array_equal(rows[key], reference[key])
+    assert dataset[0]["captions"] == reference["captions"][0].tolist()
+
+
+@pytest.mark.parametrize(
+    ("config_class", "field", "value"),
+    [
+        (BouncingBallsWorldConfig, "audio", 1),
+        (BouncingBallsWorldConfig, "sample_rate", 100),
+        (BouncingBallsWorldConfig, "tone_duration", 0.5),
+        (BouncingBallsWorldConfig, "caption_length", 4),
+        (BouncingBallsWorldConfig, "tone_frequencies", (440.0,)),
+        (BouncingBallsWorldConfig, "ball_names", ("red", "")),
+        (PendulumWorldConfig, "tone_frequency", 9000.0),
+    ],
+)
+def test_bad_audio_caption_config_raises_naming_field(config_class, field, value):
+    with pytest.raises(ValueError, match=re.escape(f"{config_class.__name__}.{field} must be")):
+        config_class(**{field: value})

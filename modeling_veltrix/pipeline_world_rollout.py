@@ -1,0 +1,139 @@
+"""The transformers face of a saved Veltrix pipeline folder: the `world-rollout` task of `transformers.pipeline()` and
+`VeltrixWorldConfig`, the `config.json` at the folder's root.
+
+    >>> import modeling_veltrix  # registers the task, so no remote code is needed
+    >>> rollout = pipeline("world-rollout", model="runs/demo/pipeline")
+    >>> rollout(frames, num_future_steps=24, seed=0)["frames"]  # frames (T, C, H, W) in [-1, 1] -> 24 PIL images
+
+Where this package is not installed, `pipeline(model=folder_or_repo_id, trust_remote_code=True)` finds the task in
+the folder's `config.json` (`custom_pipelines`) and runs the folder's own copy of this code.
+"""
+
+import torch
+from transformers import Pipeline, PreTrainedConfig
+from transformers.pipelines import PIPELINE_REGISTRY
+
+TASK = "world-rollout"
+TASK_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+class VeltrixWorldRolloutPipeline(Pipeline):
+    r"""Context frames in, future frames out: `rollout(frames, actions=None, timestamps=None, num_future_steps=None,
+    num_inference_steps=None, seed=None, output_type="pil")`.
+
+    `frames` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
+    (`(T + n, A)` or `(B, T + n, A)`) and `timestamps` (`(T + n,)` or `(B, T + n)`, seconds) cover context and future
+    steps as in [`VeltrixPipeline`]. `num_future_steps` and `num_inference_steps` default to the pipeline's saved call
+    defaults; `seed` fixes the decoder's noise. One trajectory gives a dict `{"frames", "timestamps"}` (frames: a list
+    of `n` PIL images, an array `(n, H, W, C)` or a tensor `(n, C, H, W)`, in [0, 1] for the last two), a batch gives
+    a list of such dicts.
+    """
+
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_processor = False
+    _load_video_processor = False
+
+    def _sanitize_parameters(
+        self,
+        actions: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        num_future_steps: int | None = None,
+        num_inference_steps: int | None = None,
+        seed: int | None = None,
+        output_type: str | None = None,
+    ) -> tuple[dict, dict, dict]:
+        if output_type is not None and output_type not in TASK_OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {TASK_OUTPUT_TYPES}, got {output_type!r}.")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"`seed` must be an int, got {seed!r}.")
+        preprocess = {"actions": actions, "timestamps": timestamps}
+        forward = {"num_future_steps": num_future_steps, "num_inference_steps": num_inference_steps, "seed": seed}
+        forward["output_type"] = output_type or "pil"
+        return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
+
+    def preprocess(
+        self, frames: torch.Tensor, actions: torch.Tensor | None = None, timestamps: torch.Tensor | None = None
+    ) -> dict:
+        """Adds the batch axis to one trajectory's frames (T, C, H, W), actions (T + n, A) and timestamps (T + n)."""
+        if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5):
+            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"`frames` must be a torch.Tensor (T, C, H, W) or (B, T, C, H, W), got {shape}.")
+        batched = frames.dim() == 5
+        if not batched:
+            frames = frames.unsqueeze(0)
+            actions = None if actions is None else actions.unsqueeze(0)
+            timestamps = None if timestamps is None else timestamps.unsqueeze(0)
+        return {"frames": frames, "actions": actions, "timestamps": timestamps, "batched": batched}
+
+    def _forward(
+        self,
+        model_inputs: dict,
+        num_future_steps: int | None,
+        num_inference_steps: int | None,
+        seed: int | None,
+        output_type: str,
+    ) -> dict:
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        out = self.model(
+            model_inputs["frames"],
+            actions=model_inputs["actions"],
+            timestamps=model_inputs["timestamps"],
+            num_future_steps=num_future_steps,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type=output_type,
+        )
+        return {"frames": out.frames, "timestamps": out.timestamps, "batched": model_inputs["batched"]}
+
+    def postprocess(self, model_outputs: dict) -> dict | list[dict]:
+        trajectories = [
+            {"frames": frames, "timestamps": timestamps}
+            for frames, timestamps in zip(model_outputs["frames"], model_outputs["timestamps"], strict=True)
+        ]
+        return trajectories if model_outputs["batched"] else trajectories[0]
+
+
+def implemented_in_this_process(task: str) -> bool:
+    """Whether `task` is registered with this module's [`VeltrixWorldRolloutPipeline`], i.e. this very code (the
+    installed package, which registers it on import) already implements it."""
+    return PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl") is VeltrixWorldRolloutPipeline
+
+
+class VeltrixWorldConfig(PreTrainedConfig):
+    r"""
+    Configuration at the root of a saved Veltrix pipeline folder, read by `AutoConfig` / `AutoModel` /
+    `transformers.pipeline()`. It has no hyper-parameters of its own: each component keeps its configuration in its
+    folder, and the pipeline its call defaults in `model_index.json`.
+
+    Args:
+        custom_pipelines (`dict`, *optional*):
+            The folder's remote-code tasks (`{"world-rollout": {"impl": "pipeline_veltrix.VeltrixWorldRolloutPipeline",
+            "pt": ["AutoModel"]}}`), which let `pipeline(model=folder, trust_remote_code=True)` find its task. A
+            task that this process has registered with this same code is dropped: transformers gives a
+            `custom_pipelines` entry priority over a registered task and then demands `trust_remote_code`, and the
+            installed code needs none (so `pipeline("world-rollout", model=folder)` runs it).
+
+    Example:
+
+    ```python
+    >>> config = VeltrixWorldConfig()
+    >>> config.model_type
+    'veltrix_world'
+    ```
+    """
+
+    model_type = "veltrix_world"
+
+    custom_pipelines: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.custom_pipelines is not None:
+            self.custom_pipelines = {
+                task: spec for task, spec in self.custom_pipelines.items() if not implemented_in_this_process(task)
+            }
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["TASK", "VeltrixWorldConfig", "VeltrixWorldRolloutPipeline"]

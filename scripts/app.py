@@ -1,0 +1,115 @@
+"""The Veltrix demo app (Gradio; runs as a Hugging Face Space's app.py): roll a world model out in the browser.
+
+    python scripts/app.py --model runs/demo/pipeline            # then open http://127.0.0.1:7860
+    VELTRIX_MODEL=my-org/veltrix-tiny-bouncing-balls python scripts/app.py
+
+Pick a built-in world and a seed, or upload frames (images, in order: the first `context` are the context, any
+further ones the ground truth of the future); choose the horizon and the evolution mode (`conditional`: the world's
+actions drive the future; `free`: no actions). The app shows ground truth | prediction | error as an animation and
+the error-vs-horizon plot against copy-last-frame and mean-of-context. `--model` (or `VELTRIX_MODEL`) is a pipeline
+folder or a Hub repository id.
+"""
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the app works offline and reports nothing
+
+import gradio as gr  # noqa: E402
+
+from modeling_veltrix import VeltrixPipeline  # noqa: E402
+from modeling_veltrix.rollout_viewer import MODES, frames_from_images, render_rollout, world_trajectory  # noqa: E402
+from modeling_veltrix.worlds import WORLDS  # noqa: E402
+
+SUMMARY_HORIZONS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("VELTRIX_MODEL", "runs/demo/pipeline"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 inside a Space)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args()
+
+
+def summary(pixel_mse: dict) -> str:
+    """A markdown table of the rollout's pixel MSE at a few horizons, or why there is none."""
+    if not pixel_mse:
+        return "No ground truth for this horizon: the animation shows the prediction alone."
+    length = len(next(iter(pixel_mse.values())))
+    rows = ["| horizon | " + " | ".join(pixel_mse) + " |", "| --- |" + " --- |" * len(pixel_mse)]
+    for h in (h for h in SUMMARY_HORIZONS if h <= length):
+        rows.append(f"| {h} | " + " | ".join(f"{values[h - 1]:.4f}" for values in pixel_mse.values()) + " |")
+    return "\n".join(rows)
+
+
+def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
+    """The app's page around `pipeline`."""
+    image_size = pipeline.encoder.config.image_size
+    channels = pipeline.encoder.config.num_channels
+
+    def roll_out(source, world, seed, uploads, context, horizon, mode, euler_steps):
+        context, horizon, seed, euler_steps = int(context), int(horizon), int(seed), int(euler_steps)
+        try:
+            if source == "built-in world":
+                data = world_trajectory(world, seed, context + horizon, image_size)
+                frames, actions, timestamps = data["pixel_values"], data["actions"], data["timestamps"]
+            else:
+                frames, actions, timestamps = frames_from_images(uploads or [], image_size, channels), None, None
+            view = render_rollout(
+                pipeline,
+                frames,
+                context,
+                horizon,
+                mode,
+                tempfile.mkdtemp(prefix="veltrix-app-"),
+                actions=actions,
+                timestamps=timestamps,
+                num_inference_steps=euler_steps,
+                seed=seed,
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        return view.gif_path, view.plot_path, summary(view.pixel_mse)
+
+    with gr.Blocks(title="Veltrix world model") as app:
+        gr.Markdown(
+            "# Veltrix: roll a latent world model out\n"
+            f"The model sees `context` frames ({image_size}×{image_size}), evolves its world state `horizon` steps "
+            "and renders them. Left to right: ground truth | prediction | error."
+        )
+        with gr.Row():
+            with gr.Column():
+                source = gr.Radio(["built-in world", "uploaded frames"], value="built-in world", label="frames from")
+                world = gr.Dropdown(sorted(WORLDS), value=sorted(WORLDS)[0], label="world")
+                seed = gr.Number(value=0, precision=0, label="seed (the world's trajectory and the decoder's noise)")
+                uploads = gr.File(file_count="multiple", file_types=["image"], label="frames (images, in order)")
+                context = gr.Slider(1, 32, value=8, step=1, label="context frames")
+                horizon = gr.Slider(1, 64, value=pipeline.config.default_num_future_steps, step=1, label="horizon")
+                mode = gr.Radio(list(MODES), value=MODES[0], label="mode (free: no actions)")
+                euler = gr.Slider(
+                    1, 50, value=pipeline.config.default_num_inference_steps, step=1, label="decoder Euler steps"
+                )
+                button = gr.Button("Roll out", variant="primary")
+            with gr.Column():
+                animation = gr.Image(label="ground truth | prediction | error", type="filepath", format="gif")
+                plot = gr.Image(label="error vs horizon", type="filepath")
+                table = gr.Markdown()
+        button.click(
+            roll_out,
+            inputs=[source, world, seed, uploads, context, horizon, mode, euler],
+            outputs=[animation, plot, table],
+        )
+    return app
+
+
+def main() -> None:
+    args = parse_args()
+    pipeline = VeltrixPipeline.from_pretrained(args.model)
+    pipeline.set_progress_bar_config(disable=True)
+    build_app(pipeline).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

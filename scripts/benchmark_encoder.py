@@ -1,0 +1,253 @@
+"""Benchmark of the multimodal encoder (MPE, issue 5): orthogonal fusion exactness, and a small multimodal encoder
+trained on the speaking / captioning bouncing-balls world, measured on held-out trajectories.
+
+    python scripts/benchmark_encoder.py --output runs/benchmark_encoder.json
+    python scripts/benchmark_encoder.py --output /tmp/quick.json --train-steps 20 --train-trajectories 16  # smoke
+
+Figures (JSON shape of BENCHMARKS.md):
+- `fusion_orthogonality_error`: max |QᵀQ - I| and max |Q_aᵀ Q_b| over block pairs, for a learned (moved) Q;
+- `fusion_linear_roundtrip_error`: relative error of audio features -> φ_audio -> fused with the other modalities ->
+  decompose -> D_audio;
+- `retrieval_r1_over_chance_text_frame` (and audio -> frame): R@1 of retrieving a held-out step's frame embedding from
+  its caption's (audio's) embedding among all held-out steps, divided by chance (1 / number of steps);
+- `caption_event_accuracy`: the event clause of the caption read back from the text subspace equals the true one
+  (results also hold the accuracy on steps where something happens, and the majority-class rate);
+- PSNR of the frame readout keeping the first k resampled frame units, per k (results only).
+The script exits 0 whether or not the targets are met.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from modeling_veltrix import VeltrixEncoderConfig, VeltrixEncoderModel
+from modeling_veltrix.orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
+from modeling_veltrix.worlds import caption_event, get_world
+
+CAPTION_LENGTH = 192
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def fusion_exactness(seed: int) -> dict[str, float]:
+    """Orthogonality and linear round-trip errors of a fusion whose Q was moved by gradient steps."""
+    torch.manual_seed(seed)
+    blocks = {"frames": 16, "text": 8, "audio": 4, "latent": 4}
+    fusion = VeltrixOrthogonalFusion(blocks)
+    optimizer = torch.optim.SGD(fusion.parameters(), lr=0.5)
+    target = torch.randn(fusion.dim, fusion.dim)
+    for _ in range(10):
+        loss = (fusion.rotation_matrix - target).square().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    embedding = VeltrixLinearEmbedding(in_features=24, num_units=8, unit_dim=blocks["audio"])
+    with torch.no_grad():
+        embedding.weight.add_(0.3 * torch.randn_like(embedding.weight))
+        q = fusion.rotation_matrix
+        names = list(blocks)
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+        cross = max(float((fusion.basis(a).T @ fusion.basis(b)).abs().max()) for a, b in pairs)
+        orthogonality = max(float((q.T @ q - torch.eye(fusion.dim)).abs().max()), cross)
+        audio = torch.randn(4, 16, 24)
+        parts = {"frames": torch.randn(4, 16, 8, 16), "text": torch.randn(4, 16, 4, 8), "audio": embedding(audio)}
+        recovered = embedding.inverse(fusion.decompose(fusion.fuse(parts, 8), {"audio": 8})["audio"])
+        roundtrip = float((recovered - audio).norm() / audio.norm())
+    return {"orthogonality_error": orthogonality, "linear_roundtrip_error": roundtrip, "unit_dim": fusion.dim}
+
+
+def world_tensors(num_trajectories: int, num_steps: int, seed: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    world = get_world("bouncing_balls", audio=True, captions=True, caption_length=CAPTION_LENGTH)
+    batch = world.generate(num_trajectories, num_steps, seed)
+    captions = batch.pop("captions")
+    return {key: torch.from_numpy(value) for key, value in batch.items()}, captions
+
+
+def flat_steps(data: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Steps picked by flat index over (trajectory, step), each as its own length-1 trajectory: `(N, 1, ...)`."""
+    keys = ("pixel_values", "input_ids", "attention_mask", "audio_values")
+    return {key: data[key].flatten(0, 1)[index][:, None] for key in keys}
+
+
+def encoder_config() -> VeltrixEncoderConfig:
+    return VeltrixEncoderConfig(
+        image_size=32,
+        patch_size=4,
+        hidden_size=64,
+        unit_dim=32,
+        unit_layout="resampler",
+        num_units=8,
+        modalities=["frames", "text", "audio"],
+        frame_dim=16,
+        text_dim=8,
+        audio_dim=4,
+        latent_dim=4,
+        num_text_units=4,
+        num_audio_units=8,
+        text_max_length=CAPTION_LENGTH,
+        nested_dropout=True,
+    )
+
+
+def train(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], steps: int, batch_size: int, seed: int) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / steps))
+    )
+    total = data["pixel_values"].shape[0] * data["pixel_values"].shape[1]
+    history = []
+    model.train()
+    for step in range(steps):
+        index = torch.randint(0, total, (batch_size,), generator=generator)
+        out = model(**flat_steps(data, index), return_loss=True)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            terms = {name: round(float(value), 4) for name, value in out.loss_terms.items()}
+            history.append({"step": step, "loss": round(float(out.loss), 4), **terms})
+            print(f"[benchmark_encoder] step {step}: {history[-1]}", flush=True)
+    return history
+
+
+def retrieval_r1(queries: torch.Tensor, keys: torch.Tensor) -> float:
+    """Fraction of queries whose most similar key (cosine) is their own pair."""
+    similarity = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(keys, dim=-1).T
+    return float((similarity.argmax(-1) == torch.arange(len(queries))).float().mean())
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB of frames in [-1, 1] (peak-to-peak 2)."""
+    return float(10 * torch.log10(4.0 / torch.mean((prediction.clamp(-1, 1) - target) ** 2)))
+
+
+@torch.no_grad()
+def evaluate(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], captions: np.ndarray) -> dict:
+    model.eval()
+    total = data["pixel_values"].shape[0] * data["pixel_values"].shape[1]
+    steps = flat_steps(data, torch.arange(total))
+    full = model(**steps)
+    # Each embedding reads only its modality's subspace, and the blocks are encoded independently and recovered
+    # exactly by the projection, so no modality's embedding sees another's input.
+    embeddings = {name: value[:, 0] for name, value in model.embed_for_retrieval(full.units).items()}
+    frame_embedding, text_embedding, audio_embedding = embeddings["frames"], embeddings["text"], embeddings["audio"]
+    chance = 1.0 / total
+    r1_text = retrieval_r1(text_embedding, frame_embedding)
+    r1_audio = retrieval_r1(audio_embedding, frame_embedding)
+
+    decoded = [row[0] for row in model.generate_captions(full.units)]
+    truth = captions.reshape(-1).tolist()
+    correct = np.array([caption_event(a) == caption_event(b) for a, b in zip(decoded, truth, strict=True)])
+    eventful = np.array([caption_event(b) != "nothing happens" for b in truth])
+    exact = float(np.mean([a == b for a, b in zip(decoded, truth, strict=True)]))
+    features, codes = model.decode_audio(full.units)
+    code_recovery = float((codes == full.audio_codes).float().mean())
+
+    psnr_by_units = {}
+    for k in range(1, model.config.num_units + 1):
+        reconstruction = model.decode_frames(model(steps["pixel_values"], num_units=k).units)
+        psnr_by_units[str(k)] = round(psnr(reconstruction, steps["pixel_values"]), 3)
+    return {
+        "num_held_out_steps": total,
+        "retrieval_r1_text_to_frame": r1_text,
+        "retrieval_r1_audio_to_frame": r1_audio,
+        "retrieval_chance": chance,
+        "caption_event_accuracy": float(correct.mean()),
+        "caption_event_accuracy_on_event_steps": float(correct[eventful].mean()) if eventful.any() else None,
+        "caption_exact_match": exact,
+        "caption_majority_class_rate": float(1 - eventful.mean()),
+        "audio_code_recovery_from_subspace": code_recovery,
+        "psnr_by_num_units": psnr_by_units,
+        "decoded_caption_examples": [{"decoded": a, "truth": b} for a, b in list(zip(decoded, truth, strict=True))[:6]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True, help="JSON file to write")
+    parser.add_argument("--train-trajectories", type=int, default=128)
+    parser.add_argument("--eval-trajectories", type=int, default=16)
+    parser.add_argument("--num-steps", type=int, default=16, help="steps per trajectory")
+    # 600 steps of 48 steps each take a few minutes on 2 CPU cores.
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=48, help="steps per batch (also the InfoNCE negatives)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    fusion = fusion_exactness(args.seed)
+    train_data, _ = world_tensors(args.train_trajectories, args.num_steps, seed=args.seed)
+    eval_seed = 1_000_000
+    eval_data, eval_captions = world_tensors(args.eval_trajectories, args.num_steps, seed=eval_seed)
+    torch.manual_seed(args.seed)
+    model = VeltrixEncoderModel(encoder_config())
+    history = train(model, train_data, args.train_steps, args.batch_size, args.seed)
+    results = evaluate(model, eval_data, eval_captions)
+    chance = results["retrieval_chance"]
+    payload = {
+        "environment": {
+            "torch": torch.__version__,
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "kernel_path": "torch",
+            "dtype": "float32",
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        },
+        "data": {
+            "world": "bouncing_balls (audio=True, captions=True)",
+            "train": {"seed": args.seed, "trajectories": args.train_trajectories, "steps": args.num_steps},
+            "held_out": {"seed": eval_seed, "trajectories": args.eval_trajectories, "steps": args.num_steps},
+        },
+        "model": {
+            "config": encoder_config().to_dict(),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_steps": args.train_steps,
+            "batch_size": args.batch_size,
+        },
+        "results": {"fusion": fusion, "held_out": results, "training_history": history},
+        "targets": [
+            {"name": "fusion_orthogonality_error", "value": fusion["orthogonality_error"], "op": "<=", "target": 1e-5},
+            {
+                "name": "fusion_linear_roundtrip_error",
+                "value": fusion["linear_roundtrip_error"],
+                "op": "<=",
+                "target": 1e-5,
+            },
+            {
+                "name": "retrieval_r1_over_chance_text_frame",
+                "value": results["retrieval_r1_text_to_frame"] / chance,
+                "op": ">=",
+                "target": 5,
+            },
+            {
+                "name": "caption_event_accuracy",
+                "value": results["caption_event_accuracy"],
+                "op": ">=",
+                "target": 0.8,
+            },
+        ],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    write_json_atomic(args.output, payload)
+    for target in payload["targets"]:
+        print(f"[benchmark_encoder] {target['name']}: {target['value']:.4g} {target['op']} {target['target']}")
+    print(f"[benchmark_encoder] psnr by num_units: {results['psnr_by_num_units']}")
+
+
+if __name__ == "__main__":
+    main()
