@@ -178,7 +178,8 @@ def check_repository(folder: str) -> dict:
 
 def check_component_config(folder: str, name: str, cls: type) -> None:
     """Raises `VeltrixRepositoryError` naming `<folder>/<name>/config.json` when it sets a field that `cls` does not
-    know: a configuration written by an incompatible version, whose extra settings would otherwise be dropped."""
+    know: a configuration written by another, incompatible version (newer, or older with a setting since removed),
+    whose extra settings would otherwise be dropped silently."""
     path = os.path.join(folder, name, "config.json")
     saved = _read_json(path)
     if issubclass(cls, PreTrainedModel):
@@ -189,9 +190,9 @@ def check_component_config(folder: str, name: str, cls: type) -> None:
         unknown = sorted(key for key in unused if not key.startswith("_") and key != "auto_map")
     if unknown:
         raise VeltrixRepositoryError(
-            f"{path} sets {unknown}, which {cls.__name__} of this version does not know: it was written by an "
-            "incompatible version. Upgrade the `veltrix` package or load the folder with its own code "
-            "(`trust_remote_code=True`)."
+            f"{path} sets {unknown}, which {cls.__name__} of this version does not know: it was written by another, "
+            "incompatible version, and loading it would drop those settings. Use the version that wrote it, or load "
+            "the folder with its own code (`trust_remote_code=True`)."
         )
 
 
