@@ -21,13 +21,13 @@ Weights are written once, in the component folders; the root holds code and conf
 import inspect
 import json
 import os
-import struct
 
 from huggingface_hub import snapshot_download
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .pipeline_world_rollout import TASK, VeltrixWorldConfig, VeltrixWorldRolloutPipeline
 from .source_inlining import inline_relative_imports
+from .weights_check import VeltrixRepositoryError, check_safetensors
 
 HUB_FORMAT = 1  # the layout version written to model_index.json; a loader reads layouts up to its own
 FORMAT_KEY = "_veltrix_format"
@@ -35,11 +35,6 @@ MODEL_INDEX = "model_index.json"
 LIBRARIES = ("diffusers", "transformers")
 # Card media that no loader reads; `snapshot_download` of a repository id skips them.
 NOT_LOADED = ["README.md", "*.gif", "*.png"]
-
-
-class VeltrixRepositoryError(OSError):
-    """A saved pipeline folder is incomplete, damaged, or written by an incompatible version; the message names the
-    file."""
 
 
 def _read_json(path: str) -> dict:
@@ -112,29 +107,6 @@ def write_hub_code(pipeline, folder: str) -> None:
         TASK: {"impl": f"{root}.{VeltrixWorldRolloutPipeline.__name__}", "pt": ["AutoModel"], "type": "video"}
     }
     world.save_pretrained(folder)
-
-
-def check_safetensors(path: str) -> None:
-    """Raises `VeltrixRepositoryError` naming `path` unless it is a complete safetensors file: its header parses
-    and the file holds every byte that the header's tensors span."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise VeltrixRepositoryError(f"{path} is truncated: {size} bytes, not even a safetensors header.")
-        (header_size,) = struct.unpack("<Q", prefix)
-        if 8 + header_size > size:
-            raise VeltrixRepositoryError(
-                f"{path} is truncated: {size} bytes, its safetensors header alone needs {8 + header_size}."
-            )
-        try:
-            header = json.loads(handle.read(header_size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise VeltrixRepositoryError(f"{path} is not a safetensors file: its header is not JSON.") from error
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    needed = 8 + header_size + max(ends, default=0)
-    if size < needed:
-        raise VeltrixRepositoryError(f"{path} is truncated: {size} bytes, its tensors need {needed}.")
 
 
 def _check_component(folder: str, name: str, library: str) -> None:

@@ -32,6 +32,7 @@ from .configuration_veltrix import VeltrixEncoderConfig
 from .input_validation import check_finite, check_range, check_shape
 from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize
+from .weights_check import VeltrixCheckedLoadingMixin
 
 
 def check_integer_tensor(name: str, value: object, expected: tuple[int | str, ...], high: int) -> None:
@@ -158,7 +159,7 @@ class VeltrixResamplerReadout(nn.Module):
         return unpatchify(self.to_pixels(patches), self.patch_size, self.num_channels)
 
 
-class VeltrixEncoderPreTrainedModel(PreTrainedModel):
+class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
     config_class = VeltrixEncoderConfig
     base_model_prefix = "encoder"
     main_input_name = "pixel_values"

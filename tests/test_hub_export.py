@@ -317,3 +317,26 @@ def test_readme_first_usage_example_is_the_world_rollout_one_liner_and_runs(tmp_
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert PIL.Image.open(tmp_path / "first_future_frame.png").size == (32, 32)
+
+
+@pytest.mark.parametrize("component", ["encoder", "evolver"])
+def test_truncated_component_weights_name_the_file(saved, tmp_path, component):
+    """`AutoModel.from_pretrained(folder/<component>)` on its own, with and without the package."""
+    copy = tmp_path / "copy"
+    shutil.copytree(saved[0], copy)
+    path = copy / component / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(VeltrixRepositoryError, match=re.escape(str(path))):
+        AutoModel.from_pretrained(copy / component)
+    code = textwrap.dedent(
+        """
+        import sys
+        from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+        except OSError as error:
+            print("ERROR:", error)
+        """
+    )
+    result = run_without_package(code, [str(copy / component)], str(tmp_path / "work"))
+    assert f"ERROR: {path} is truncated" in result.stdout, result.stderr[-3000:]
