@@ -29,7 +29,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaModel, Mamba2Config
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from .configuration_veltrix import VeltrixEvolverConfig
-from .modeling_veltrix_evolver import VeltrixEvolverModel, VeltrixSelectiveSSM, lyapunov_penalty
+from .modeling_veltrix_evolver import VeltrixEvolverModel, VeltrixSelectiveSSM, lyapunov_penalty, midpoint_rollout
 from .worlds import build_world_dataset
 
 TOKEN_DEFINITION = (
@@ -66,9 +66,10 @@ class EvolverBenchmarkSettings:
     world_window: int = 8
     world_eval_seconds: float = 3.0
     world_long_horizon: int = 200
-    train_steps: int = 400
+    train_steps: int = 600
     train_batch_size: int = 32
     learning_rate: float = 3e-3
+    time_consistency_weight: float = 2.0
     stability_weight: float = 1.0
     stability_perturbation: float = 1e-2
     seed: int = 0
@@ -488,11 +489,13 @@ def train_unit_evolver(
     config: VeltrixEvolverConfig,
     data: dict[str, torch.Tensor],
     settings: EvolverBenchmarkSettings,
+    time_consistency_weight: float,
     stability_weight: float,
 ) -> VeltrixEvolverModel:
-    """Trains an evolver on unit trajectories with the evolver stage's objective (one-step teacher forcing over the
-    whole trajectory + an open-loop rollout of `world_window` steps from `world_context` steps), plus
-    `stability_weight` × `lyapunov_penalty`. AdamW, cosine schedule, gradient clipping at 1."""
+    """Trains an evolver on unit trajectories with the evolver stage's objective (`training.VeltrixEvolverStage`, in
+    latent space): one-step teacher forcing over the whole trajectory + an open-loop rollout of `world_window` steps
+    from `world_context` steps, plus `time_consistency_weight` × the same window at twice the frame rate
+    (`midpoint_rollout`) and `stability_weight` × `lyapunov_penalty`. AdamW, cosine schedule, gradient clipping."""
     torch.manual_seed(settings.seed)
     model = VeltrixEvolverModel(config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
@@ -508,7 +511,13 @@ def train_unit_evolver(
         start = int(torch.randint(0, u.shape[1] - context - window + 1, (), generator=generator))
         span = slice(start, start + context + window)
         rollout = model.rollout(u[:, start : start + context], window, conditions=a[:, span], timestamps=t[:, span])
-        loss = loss + F.mse_loss(rollout.units, u[:, start + context : start + context + window])
+        target = u[:, start + context : start + context + window]
+        loss = loss + F.mse_loss(rollout.units, target)
+        if time_consistency_weight:
+            midpoints = midpoint_rollout(
+                model, u[:, start : start + context], window, conditions=a[:, span], timestamps=t[:, span]
+            )
+            loss = loss + time_consistency_weight * F.mse_loss(midpoints, target)
         if stability_weight:
             penalty = lyapunov_penalty(
                 model,
@@ -554,10 +563,12 @@ def perturbation_growth(model: VeltrixEvolverModel, data: dict[str, torch.Tensor
 def benchmark_world(settings: EvolverBenchmarkSettings) -> dict:
     """Continuous time and stability on the pendulum world (units: `pendulum_units` of the world's physics).
 
-    Two evolvers are trained identically at the world's default frame interval (0.1 s), one with the Lyapunov-like
-    regulariser. Continuous time: the unregularised one rolls out held-out, impulse-free trajectories (the same
-    initial states) sampled at the native interval and at half of it, from a context of the same duration; the MSE
-    is compared at the timestamps both rates share. Stability: both roll out `world_long_horizon` native steps.
+    Three evolvers are trained identically on the world at its default frame interval (0.1 s): with the
+    time-consistency objective (`midpoint_rollout`), with it and the Lyapunov-like regulariser, and with neither.
+    Continuous time: held-out, impulse-free trajectories (the same initial states) are sampled at the native interval
+    and at half of it; each model rolls them out from a context of the same duration, and the MSE is compared at the
+    timestamps both rates share (the target uses the time-consistent model; the third model is the ablation).
+    Stability: the time-consistent models with and without the regulariser roll out `world_long_horizon` steps.
     """
     interval = 0.1
     train_seed, eval_seed = 0, 1_000_000
@@ -566,21 +577,39 @@ def benchmark_world(settings: EvolverBenchmarkSettings) -> dict:
     )
     config = pendulum_evolver_config(interval)
     started = time.perf_counter()
-    plain = train_unit_evolver(config, train, settings, stability_weight=0.0)
-    regularised = train_unit_evolver(config, train, settings, stability_weight=settings.stability_weight)
+    consistency = settings.time_consistency_weight
+    models = {
+        "time_consistent": train_unit_evolver(config, train, settings, consistency, 0.0),
+        "time_consistent_regularised": train_unit_evolver(
+            config, train, settings, consistency, settings.stability_weight
+        ),
+        "plain": train_unit_evolver(config, train, settings, 0.0, 0.0),
+    }
     training_seconds = time.perf_counter() - started
 
-    # Continuous time: the same physical trajectories (initial states depend on (seed, index) only; no impulses).
+    # The same physical trajectories at both rates: initial states depend on (seed, index) only; no impulses.
     context, horizon = settings.world_context, round(settings.world_eval_seconds / interval)
     free = {"impulse_probability": 0.0}
     native = pendulum_trajectories(settings.world_eval_trajectories, context + horizon, eval_seed, interval, **free)
     double = pendulum_trajectories(
         settings.world_eval_trajectories, 2 * (context + horizon), eval_seed, interval / 2, **free
     )
-    native_mse = rollout_mse(plain, native, context)
-    double_mse = rollout_mse(plain, double, 2 * context)[::2]  # the future steps at the native timestamps
+    rates = {}
+    for name in ("time_consistent", "plain"):
+        native_mse = rollout_mse(models[name], native, context)
+        double_mse = rollout_mse(models[name], double, 2 * context)[::2]  # the future steps at native timestamps
+        rates[name] = {
+            "native_rate_mse": float(native_mse.mean()),
+            "double_rate_mse": float(double_mse.mean()),
+            "native_rate_mse_by_second": _by_second(native_mse, interval),
+            "double_rate_mse_by_second": _by_second(double_mse, interval),
+            "error_ratio_double_rate": float(double_mse.mean()) / float(native_mse.mean()),
+        }
     copy_last = (native["units"][:, context:] - native["units"][:, context - 1 : context]).pow(2)
     continuous_time = {
+        **rates["time_consistent"],
+        "without_time_consistency": rates["plain"],
+        "copy_last_mse": float(copy_last.mean()),
         "world": "pendulum",
         "units": "(sin θ, cos θ, ω / 2 rad/s) of the physics, one unit per step",
         "train": {
@@ -588,6 +617,8 @@ def benchmark_world(settings: EvolverBenchmarkSettings) -> dict:
             "trajectories": settings.world_train_trajectories,
             "steps": settings.world_trajectory_length,
             "frame_interval_s": interval,
+            "train_steps": settings.train_steps,
+            "time_consistency_weight": consistency,
         },
         "eval": {
             "seed": eval_seed,
@@ -595,33 +626,29 @@ def benchmark_world(settings: EvolverBenchmarkSettings) -> dict:
             "impulses": "none",
             "context_s": context * interval,
             "horizon_s": horizon * interval,
+            "double_rate_interval_s": interval / 2,
         },
-        "native_rate_mse": float(native_mse.mean()),
-        "double_rate_mse": float(double_mse.mean()),
-        "copy_last_mse": float(copy_last.mean()),
-        "native_rate_mse_by_second": _by_second(native_mse, interval),
-        "double_rate_mse_by_second": _by_second(double_mse, interval),
-        "error_ratio_double_rate": float(double_mse.mean() / native_mse.mean()),
     }
 
     long = pendulum_trajectories(
         settings.world_eval_trajectories, context + settings.world_long_horizon, eval_seed + 1, interval
     )
     stability = {}
-    for name, model in (("without_regulariser", plain), ("with_regulariser", regularised)):
-        mse = rollout_mse(model, long, context)
-        stability[name] = {
+    for label, name in (
+        ("without_regulariser", "time_consistent"),
+        ("with_regulariser", "time_consistent_regularised"),
+    ):
+        mse = rollout_mse(models[name], long, context)
+        at_10x = 10 * settings.world_window
+        stability[label] = {
             "mse_within_window": float(mse[: settings.world_window].mean()),
-            "mse_at_10x_window": float(mse[10 * settings.world_window - 1])
-            if mse.shape[0] >= 10 * settings.world_window
-            else None,
+            "mse_at_10x_window": float(mse[at_10x - 1]) if mse.shape[0] >= at_10x else None,
             "mse_last_step": float(mse[-1]),
             "mse_mean": float(mse.mean()),
-            "perturbation_growth_per_step": perturbation_growth(model, long, context),
+            "perturbation_growth_per_step": perturbation_growth(models[name], long, context),
         }
-    stability["copy_last_mse_mean"] = float(
-        (long["units"][:, context:] - long["units"][:, context - 1 : context]).pow(2).mean()
-    )
+    copy_last_long = (long["units"][:, context:] - long["units"][:, context - 1 : context]).pow(2)
+    stability["copy_last_mse_mean"] = float(copy_last_long.mean())
     stability["setup"] = {
         "stability_weight": settings.stability_weight,
         "perturbation": settings.stability_perturbation,

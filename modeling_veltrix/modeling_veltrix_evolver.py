@@ -5,8 +5,12 @@ model over time per unit (Mamba-2 / SSD, Dao & Gu 2024) whose step size scales w
 SwiGLU MLP; every block is conditioned per step on the action and the step size by adaLN (Perez et al. 2018,
 Peebles & Xie 2023). A zero-initialised head predicts `dS/dt`, so an untrained evolver predicts "nothing moves".
 
-Whole sequences run the chunked (or sequential) PyTorch scan; rollouts run one recurrent step at a time with a
-`VeltrixEvolverCache` whose size does not depend on the horizon.
+Whole sequences run the chunked (or sequential) SSD scan, recurrent steps the one-step update: in PyTorch, or on
+CUDA with the mamba-ssm / causal-conv1d kernels when installed (`VeltrixEvolverModel.kernel_path` says which).
+Rollouts run one recurrent step at a time with a `VeltrixEvolverCache` whose size does not depend on the horizon,
+in the whitepaper's three modes: free (a learned null condition), conditional (actions) and counterfactual (the
+same context, a branch with edited conditions or state, and the branches' divergence). `lyapunov_penalty` (a
+stability regulariser) and `midpoint_rollout` (a time-consistency objective) are optional training terms.
 """
 
 import math
@@ -32,6 +36,7 @@ from .selective_ssm import (
     ssd_sequential_scan,
     ssd_step,
 )
+from .weights_check import VeltrixCheckedLoadingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -438,7 +443,7 @@ class VeltrixIntervention:
     state_delta: torch.Tensor | None = None
 
 
-class VeltrixEvolverPreTrainedModel(PreTrainedModel):
+class VeltrixEvolverPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
     config_class = VeltrixEvolverConfig
     base_model_prefix = "evolver"
     main_input_name = "units"
@@ -863,6 +868,48 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         return ((time_at(k + 1), state) for k, (state, _) in enumerate(states))
 
 
+def midpoint_rollout(
+    evolver: VeltrixEvolverModel,
+    context: torch.Tensor,
+    num_steps: int,
+    conditions: torch.Tensor | None = None,
+    timestamps: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The open-loop rollout at twice the frame rate: one unobserved midpoint inside every future interval.
+
+    Training its states at the observed times against the observations (a time-consistency objective: two half
+    steps must compose to one whole step) teaches, from data at a single frame rate, how the dynamics scale with
+    the step size, so the evolver can be rolled out at other rates.
+
+    Args:
+        evolver ([`VeltrixEvolverModel`]): the model.
+        context (`torch.Tensor` of shape `(B, T, U, D)`): observed states.
+        num_steps (`int`): future observation intervals (>= 1).
+        conditions (`torch.Tensor` of shape `(B, T + num_steps, A)`, *optional*): as for `rollout`; an interval's
+            action acts on its first half and none (zeros) on the second, as an impulse applied right after an
+            observation (the built-in worlds' actions).
+        timestamps (`torch.Tensor` of shape `(B, T + num_steps)`, *optional*): as for `rollout`.
+
+    Returns:
+        The states (B, num_steps, U, D) at the future observation times `timestamps[:, T:]`.
+    """
+    evolver._check_rollout_inputs(context, num_steps, conditions, timestamps)
+    b, t = context.shape[:2]
+    if timestamps is None:
+        timestamps = regular_timestamps(b, t + num_steps, evolver.config.dt_reference, context)
+    ends = timestamps[:, t - 1 :]  # (B, num_steps + 1): the last context step, then the future observations
+    fine = torch.stack([(ends[:, :-1] + ends[:, 1:]) / 2, ends[:, 1:]], dim=2).flatten(1)  # midpoint, end, ...
+    fine_conditions = None
+    if conditions is not None:
+        acting = conditions[:, t - 1 : t - 1 + num_steps]  # (B, num_steps, A): each interval's action
+        halves = torch.stack([acting, torch.zeros_like(acting)], dim=2).flatten(1, 2)
+        fine_conditions = torch.cat([conditions[:, : t - 1], halves, torch.zeros_like(acting[:, :1])], dim=1)
+    rollout = evolver.rollout(
+        context, 2 * num_steps, conditions=fine_conditions, timestamps=torch.cat([timestamps[:, :t], fine], dim=1)
+    )
+    return rollout.units[:, 1::2]
+
+
 def lyapunov_penalty(
     evolver: VeltrixEvolverModel,
     context: torch.Tensor,
@@ -916,4 +963,5 @@ __all__ = [
     "VeltrixIntervention",
     "VeltrixRolloutOutput",
     "lyapunov_penalty",
+    "midpoint_rollout",
 ]

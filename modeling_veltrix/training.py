@@ -23,7 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
 from .modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel
-from .modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty
+from .modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty, midpoint_rollout
 from .pipeline_veltrix import VeltrixPipeline
 from .worlds import build_world_dataset, world_metadata
 
@@ -57,7 +57,8 @@ class VeltrixTrainingRecipe:
     `rollout_window` is the training window W: the evolver is trained to roll out W steps open loop from
     `context_length` observed steps. `stability_weight` (default 0: off) weighs the Lyapunov-like regulariser
     `modeling_veltrix_evolver.lyapunov_penalty` on that rollout, with a context perturbation of relative size
-    `stability_perturbation`.
+    `stability_perturbation`. `time_consistency_weight` (default 0: off) weighs the same window rolled out at twice
+    the frame rate (`modeling_veltrix_evolver.midpoint_rollout`), which teaches rollouts at other frame rates.
     """
 
     world: str = "bouncing_balls"
@@ -74,6 +75,7 @@ class VeltrixTrainingRecipe:
     open_loop_weight: float = 1.0
     stability_weight: float = 0.0
     stability_perturbation: float = 1e-2
+    time_consistency_weight: float = 0.0
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
     decoder_loss_weighting: str = "none"
@@ -105,8 +107,9 @@ class VeltrixTrainingRecipe:
                 f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "
                 f"got {self.decoder_frames_per_trajectory}."
             )
-        if self.stability_weight < 0:
-            raise ValueError(f"`stability_weight` must be >= 0, got {self.stability_weight}.")
+        for name in ("stability_weight", "time_consistency_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.stability_perturbation <= 0:
             raise ValueError(f"`stability_perturbation` must be > 0, got {self.stability_perturbation}.")
 
@@ -203,6 +206,18 @@ class VeltrixEvolverStage(nn.Module):
                 perturbation=recipe.stability_perturbation,
             )
             loss = loss + recipe.stability_weight * penalty
+        if recipe.time_consistency_weight:
+            midpoints = midpoint_rollout(
+                self.evolver,
+                units[:, start : start + context],
+                window,
+                conditions=actions[:, start:end],
+                timestamps=timestamps[:, start:end],
+            )
+            consistency = self._state_loss(
+                midpoints, units[:, start + context : end], pixel_values[:, start + context : end]
+            )
+            loss = loss + recipe.time_consistency_weight * consistency
         return {"loss": loss}
 
 

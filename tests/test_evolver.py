@@ -13,6 +13,7 @@ from modeling_veltrix.modeling_veltrix_evolver import (
     VeltrixCounterfactualRolloutOutput,
     VeltrixIntervention,
     lyapunov_penalty,
+    midpoint_rollout,
 )
 from modeling_veltrix.worlds import build_world_dataset
 
@@ -286,10 +287,9 @@ def test_ten_thousand_step_rollout_stays_finite_in_constant_memory():
     model = randomize_(VeltrixEvolverModel(config)).eval()
     context = torch.rand(1, 4, 1, 8) * 2 - 1
     with torch.no_grad():
-        last = None
-        for _, last in model.rollout_stream(context, 10_000):
-            pass
-        assert torch.isfinite(last).all()
+        states = model.rollout_stream(context, 10_000)
+        for step, (_, state) in enumerate(states, start=1):
+            assert torch.isfinite(state).all(), step
         peaks = []
         for horizon in (20, 400):
             tracker = LiveTensorMemory()
@@ -317,3 +317,26 @@ def test_lyapunov_penalty():
         lyapunov_penalty(still, context, reference, perturbation=0.0, **kwargs)
     with pytest.raises(ValueError, match="reference"):
         lyapunov_penalty(still, context, reference[:, :, :3], **kwargs)
+
+
+def test_midpoint_rollout_halves_every_interval():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    out = midpoint_rollout(model, units[:, :4], 3, conditions=actions[:, :7], timestamps=timestamps[:, :7])
+    # By hand: a midpoint inside each future interval; an interval's action on its first half, none on the second.
+    ends = timestamps[:, 3:7]
+    fine_times = [timestamps[:, :4]]
+    fine_actions = [actions[:, :3]]
+    for k in range(3):
+        fine_times += [((ends[:, k] + ends[:, k + 1]) / 2)[:, None], ends[:, k + 1, None]]
+        fine_actions += [actions[:, 3 + k, None], torch.zeros_like(actions[:, :1])]
+    fine_actions.append(torch.zeros_like(actions[:, :1]))
+    by_hand = model.rollout(
+        units[:, :4], 6, conditions=torch.cat(fine_actions, 1), timestamps=torch.cat(fine_times, 1)
+    ).units
+    torch.testing.assert_close(out, by_hand[:, 1::2], rtol=0, atol=0)
+    assert (
+        out - model.rollout(units[:, :4], 3, conditions=actions[:, :7], timestamps=timestamps[:, :7]).units
+    ).abs().max() > 1e-6
+    still = VeltrixEvolverModel(tiny_evolver_config()).double()
+    torch.testing.assert_close(midpoint_rollout(still, units[:, :4], 3), units[:, 3:4].expand(-1, 3, -1, -1))

@@ -1,4 +1,5 @@
-"""The evolver stage's Lyapunov-like stability regulariser: a recipe weight, off by default, checked."""
+"""The evolver stage's optional terms (Lyapunov-like stability regulariser, time consistency): recipe weights, off by
+default, checked."""
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ def recipe(**overrides) -> VeltrixTrainingRecipe:
     return VeltrixTrainingRecipe(trajectory_length=10, context_length=4, rollout_window=4, **overrides)
 
 
-def test_stability_weight_adds_the_penalty(tmp_path):
+@pytest.mark.parametrize("term", ["stability_weight", "time_consistency_weight"])
+def test_evolver_stage_terms_add_to_the_loss(tmp_path, term):
     batch = build_world_dataset(
         "bouncing_balls",
         num_trajectories=2,
@@ -27,10 +29,10 @@ def test_stability_weight_adds_the_penalty(tmp_path):
     torch.manual_seed(0)
     encoder = VeltrixEncoderModel(tiny_encoder_config())
     evolver = randomize_(VeltrixEvolverModel(tiny_evolver_config()), std=1.0)  # expansive: the penalty is > 0
-    assert recipe().stability_weight == 0.0
+    assert getattr(recipe(), term) == 0.0  # off by default
     losses = []
     for weight in (0.0, 10.0):
-        stage = VeltrixEvolverStage(encoder, evolver, recipe(stability_weight=weight))
+        stage = VeltrixEvolverStage(encoder, evolver, recipe(**{term: weight}))
         torch.manual_seed(1)  # the same rollout window for both weights
         losses.append(stage(batch["pixel_values"], batch["timestamps"], batch["actions"])["loss"])
     assert losses[1] > losses[0]
@@ -41,5 +43,7 @@ def test_stability_weight_adds_the_penalty(tmp_path):
 def test_stability_settings_are_checked():
     with pytest.raises(ValueError, match="stability_weight"):
         recipe(stability_weight=-1.0)
+    with pytest.raises(ValueError, match="time_consistency_weight"):
+        recipe(time_consistency_weight=-1.0)
     with pytest.raises(ValueError, match="stability_perturbation"):
         recipe(stability_perturbation=0.0)
