@@ -10,6 +10,7 @@ import sys
 
 # Put in front of the code: a meta-path finder that fails every import of the package, then a check that it does.
 BLOCK_PACKAGE_PRELUDE = '''\
+import importlib
 import sys
 
 
@@ -24,7 +25,7 @@ class _BlockVeltrixPackage:
 
 sys.meta_path.insert(0, _BlockVeltrixPackage())
 try:
-    import modeling_veltrix  # noqa: F401
+    importlib.import_module("modeling_veltrix")
 except ImportError:
     pass
 else:
