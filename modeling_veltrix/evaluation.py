@@ -4,6 +4,7 @@ All errors are mean squared errors per future step `h = 1 … H`, in pixel space
 space (the encoder's units of the true future frames), averaged over held-out trajectories.
 """
 
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm.auto import tqdm
 
 from .pipeline_veltrix import VeltrixPipeline
+from .training import write_json_atomic
 
 PREDICTORS = ("veltrix", "copy_last", "mean_frame")
 
@@ -172,3 +174,13 @@ def benchmark_decoder_steps(
             "frames_per_s": {"median": fps[len(fps) // 2], "min": fps[0], "max": fps[-1]},
         }
     return results
+
+
+def save_report(path: str, report: dict) -> None:
+    """Writes a benchmark / evaluation report (BENCHMARKS.md shape) to `path` atomically, creating its folder,
+    and prints each target with its value."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json_atomic(path, report)
+    for target in report["targets"]:
+        print(f"{target['name']} = {target['value']:.4g} ({target['op']} {target['target']})")
+    print(f"wrote {path}")

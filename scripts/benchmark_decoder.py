@@ -18,8 +18,8 @@ import tempfile
 import torch
 
 from modeling_veltrix import VeltrixPipeline
-from modeling_veltrix.evaluation import benchmark_decoder_steps, environment_record, image_quality
-from modeling_veltrix.training import assemble_pipeline, load_or_create_models, write_json_atomic
+from modeling_veltrix.evaluation import benchmark_decoder_steps, environment_record, image_quality, save_report
+from modeling_veltrix.training import assemble_pipeline, load_or_create_models
 from modeling_veltrix.worlds import build_world_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,11 +92,10 @@ def main() -> None:
         },
         "targets": [{"name": "psnr_4_over_50", "value": psnr[4] / psnr[50], "op": ">=", "target": 0.95}],
     }
-    write_json_atomic(args.output, report)
+    save_report(args.output, report)
     for n, values in per_steps.items():
         print(f"{n:>3} steps: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.4f}, "
               f"{values['frames_per_s']['median']:.1f} frames/s")
-    print(f"psnr_4_over_50 = {psnr[4] / psnr[50]:.3f} (>= 0.95); written to {args.output}")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ The script exits 0 whether or not the targets are met.
 """
 
 import argparse
-import json
-import os
 import platform
 import time
 
@@ -26,18 +24,11 @@ import numpy as np
 import torch
 
 from modeling_veltrix import VeltrixEncoderConfig, VeltrixEncoderModel
+from modeling_veltrix.evaluation import save_report
 from modeling_veltrix.orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from modeling_veltrix.worlds import caption_event, get_world
 
 CAPTION_LENGTH = 192
-
-
-def write_json_atomic(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def fusion_exactness(seed: int) -> dict[str, float]:
@@ -242,10 +233,7 @@ def main() -> None:
             },
         ],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    write_json_atomic(args.output, payload)
-    for target in payload["targets"]:
-        print(f"[benchmark_encoder] {target['name']}: {target['value']:.4g} {target['op']} {target['target']}")
+    save_report(args.output, payload)
     print(f"[benchmark_encoder] psnr by num_units: {results['psnr_by_num_units']}")
 
 

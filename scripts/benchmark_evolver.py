@@ -20,8 +20,8 @@ import os
 
 from transformers.utils import logging
 
+from modeling_veltrix.evaluation import save_report
 from modeling_veltrix.evolver_benchmarks import EvolverBenchmarkSettings, run_evolver_benchmarks
-from modeling_veltrix.training import write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,11 +44,7 @@ def main() -> None:
     logging.set_verbosity_error()
     settings = (EvolverBenchmarkSettings.quick if args.quick else EvolverBenchmarkSettings.full)(args.preset)
     report = run_evolver_benchmarks(settings)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    write_json_atomic(args.output, report)
-    for target in report["targets"]:
-        print(f"{target['name']}: {target['value']:.4g} ({target['op']} {target['target']}; {target['measured_at']})")
-    print(f"wrote {args.output}")
+    save_report(args.output, report)
 
 
 if __name__ == "__main__":
