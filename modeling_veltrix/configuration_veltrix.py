@@ -83,7 +83,7 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         text_hidden_size (`int`, *optional*, defaults to 64):
             Width of the byte-level text transformer and of the caption head.
         text_num_layers (`int`, *optional*, defaults to 2):
-            Layers of the byte-level text transformer.
+            Layers of the byte-level text transformer and of the autoregressive caption head.
         text_num_heads (`int`, *optional*, defaults to 4):
             Attention heads of the text transformer, its resampler and the caption head.
         text_max_length (`int`, *optional*, defaults to 192):
@@ -110,17 +110,18 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         align_loss_weight (`float`, *optional*, defaults to 0.1):
             Weight of the InfoNCE alignment `L_align` between the modalities of the same step.
         align_dim (`int`, *optional*, defaults to 32):
-            Width of the alignment embeddings (one linear projection per modality of its flattened block).
+            Width of the alignment embeddings (one small MLP head per modality on its flattened block).
         align_temperature (`float`, *optional*, defaults to 0.1):
-            Temperature of the InfoNCE logits.
+            Initial temperature of the InfoNCE logits; the encoder learns it (as a log inverse temperature,
+            clamped at 1/100).
         text_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the caption head's byte cross-entropy.
         audio_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the audio tokenizer's loss (log-mel reconstruction + commitment).
         nested_dropout (`bool`, *optional*, defaults to `False`):
-            In training, keep only the first `k ~ U{1..U_m}` units of each resampled modality (frames with
-            `unit_layout="resampler"`, text) per step and zero the rest (Rippel et al. 2014), so that the first `k`
-            units summarise coarsely and `num_units=k` can be chosen at inference.
+            In training, keep only the first `k ~ U{1..num_units}` resampled frame units (`unit_layout="resampler"`)
+            per step and zero the rest (Rippel et al. 2014), so that the first `k` units summarise coarsely and
+            `num_units=k` can be chosen at inference.
 
     Example:
 

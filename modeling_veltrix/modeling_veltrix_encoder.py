@@ -11,7 +11,7 @@ reconstruction; the flow-matching decoder (`VeltrixDecoderModel`) renders sharp 
 Opt-in multimodal units (`config.modalities` beyond `"frames"`, DESIGN.md §3): captions (byte tokens, `text_units`)
 and audio (`audio_codes` / `audio_features` / raw `audio_values`, `audio_units`) become units of their own blocks, and
 each unit is their orthogonal direct sum `Q · [frames ; text ; audio ; latent]` (`orthogonal_fusion`). Each modality
-reads back from its own subspace: `decode_frames`, `decode_text` (caption head), `decode_audio` (exact inverse
+reads back from its own subspace: `decode_frames`, `generate_captions` (caption head), `decode_audio` (exact inverse
 `D_audio` of the linear `φ_audio` + nearest code). `L_align` is InfoNCE between the modalities of the same step
 (CLIP, Radford et al. 2021); nested dropout over resampled units (Rippel et al. 2014) makes `num_units=k` a choice at
 inference.
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -31,7 +32,7 @@ from .audio_units import VeltrixAudioTokenizer
 from .configuration_veltrix import VeltrixEncoderConfig
 from .input_validation import check_finite, check_range, check_shape
 from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
-from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize
+from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize, caption_targets
 from .weights_check import VeltrixCheckedLoadingMixin
 
 
@@ -50,11 +51,35 @@ def check_integer_tensor(name: str, value: object, expected: tuple[int | str, ..
         raise ValueError(f"`{name}` must lie in [0, {high}), got values in [{int(value.min())}, {int(value.max())}].")
 
 
-def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE of paired embeddings `(N, E)`: row i of each is the positive of row i of the other."""
-    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T / temperature
+def info_nce(
+    first: torch.Tensor, second: torch.Tensor, logit_scale: torch.Tensor, duplicates: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE of paired embeddings `(N, E)`: row i of each is the positive of row i of the other.
+
+    `logit_scale` multiplies the cosine similarities (the inverse temperature). `duplicates (N, N)` bool marks pairs
+    `(i, j)`, `i != j`, whose inputs are identical in either modality: they are not negatives of each other (two steps
+    with the same caption, or two silent steps, must not be pushed apart) and are left out of the softmax.
+    """
+    logits = logit_scale * (F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T)
+    if duplicates is not None:
+        off_diagonal = ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(duplicates & off_diagonal, float("-inf"))
     targets = torch.arange(first.shape[0], device=first.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def identical_rows(values: torch.Tensor) -> torch.Tensor:
+    """`(N, ...)` -> `(N, N)` bool: whether rows i and j are equal entry for entry."""
+    flat = values.flatten(1)
+    return (flat[:, None] == flat[None]).all(-1)
+
+
+def grid_positions(grid_size: int, hidden_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions of a `grid_size` x `grid_size` patch grid (MAE, He et al. 2022), in row-major
+    order: `(1, G · G, hidden_size)` on `like`'s device and dtype. The resampler layout adds them to its patch
+    tokens and readout queries: its units are not tied to grid slots, so where a patch is must be in its features."""
+    positions = get_2d_sincos_pos_embed(hidden_size, grid_size, base_size=grid_size, device=like.device)
+    return positions.to(like.dtype)[None]
 
 
 def patchify(frames: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -154,7 +179,9 @@ class VeltrixResamplerReadout(nn.Module):
         self.to_pixels = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
-        queries = self.patch_queries.expand(units.shape[0], -1, -1)
+        grid = round(self.patch_queries.shape[1] ** 0.5)
+        queries = self.patch_queries + grid_positions(grid, self.patch_queries.shape[-1], units)
+        queries = queries.expand(units.shape[0], -1, -1)
         patches = self.attention(queries, self.unit_proj(units))
         return unpatchify(self.to_pixels(patches), self.patch_size, self.num_channels)
 
@@ -179,13 +206,15 @@ class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel)
             init.normal_(module.position_embedding, std=std)
             if module.unit_queries is not None:
                 init.normal_(module.unit_queries, std=std)
+            if module.align_logit_scale is not None:
+                init.constant_(module.align_logit_scale, -math.log(self.config.align_temperature))
         elif isinstance(module, VeltrixResamplerReadout):
             init.normal_(module.patch_queries, std=std)
         elif isinstance(module, VeltrixTextUnitEncoder):
             init.normal_(module.position_embedding, std=std)
             init.normal_(module.queries, std=std)
         elif isinstance(module, VeltrixCaptionHead):
-            init.normal_(module.position_queries, std=std)
+            init.normal_(module.position_embedding, std=std)
 
 
 @dataclass
@@ -200,7 +229,7 @@ class VeltrixEncoderOutput(ModelOutput):
         loss (`torch.Tensor`, *optional*): with `return_loss=True`, the reconstruction MSE, plus with several
             modalities the weighted caption, audio-tokenizer and alignment terms.
         unit_mask (`torch.Tensor` of shape `(B, T, U)`, *optional*): with several modalities, which unit slots hold
-            kept content (slots past `num_units` of every resampled modality are zero).
+            kept content (frame slots past `num_units` are zero).
         subspaces (`dict[str, slice]`, *optional*): with several modalities, each block's coordinates before the
             rotation `Q`; `decompose` returns the parts.
         loss_terms (`dict[str, torch.Tensor]`, *optional*): with several modalities and `return_loss=True`, the
@@ -247,7 +276,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         self.unit_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.unit_proj = nn.Linear(config.hidden_size, config.frame_unit_dim)
         self.fusion = self.text_encoder = self.caption_head = self.audio_tokenizer = self.audio_embedding = None
-        self.align_projections = None
+        self.align_projections = self.align_logit_scale = None
         if config.is_fused:
             self._build_modalities(config)
         self.post_init()
@@ -271,6 +300,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
                 config.text_dim,
                 config.text_hidden_size,
                 config.text_num_heads,
+                config.text_num_layers,
                 config.text_max_length,
                 config.layer_norm_eps,
             )
@@ -293,11 +323,21 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             blocks["latent"] = config.latent_dim
         self.modality_slots = slots
         self.fusion = VeltrixOrthogonalFusion(blocks, orthogonal_map=config.fusion_orthogonal_map)
-        # One projection of each modality's flattened block (its slots keep their order, so where things are in a
-        # frame survives) into the shared alignment space.
+        # One small MLP head per modality on its flattened block (its slots keep their order, so where things are in
+        # a frame survives) into the shared alignment space (SimCLR-style projection heads, Chen et al. 2020).
         self.align_projections = nn.ModuleDict(
-            {name: nn.Linear(slots[name] * blocks[name], config.align_dim) for name in slots}
+            {
+                name: nn.Sequential(
+                    nn.LayerNorm(slots[name] * blocks[name], eps=config.layer_norm_eps),
+                    nn.Linear(slots[name] * blocks[name], 2 * config.align_dim),
+                    nn.GELU(),
+                    nn.Linear(2 * config.align_dim, config.align_dim),
+                )
+                for name in slots
+            }
         )
+        # Learned inverse temperature of the InfoNCE logits (CLIP), stored as a log and clamped at 100.
+        self.align_logit_scale = nn.Parameter(torch.tensor(-math.log(config.align_temperature)))
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Validates `(B, T, C, H, W)` frames: shape, finiteness and the [-1, 1] range."""
@@ -320,17 +360,21 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             grid = block(grid)
         tokens = grid.flatten(1, 2)  # (N, G·G, H)
         if self.resampler is not None:
+            tokens = tokens + grid_positions(self.config.grid_size, self.config.hidden_size, tokens)
             tokens = self.resampler(self.unit_queries.expand(tokens.shape[0], -1, -1), tokens)
         units = torch.tanh(self.unit_proj(self.unit_norm(tokens)))
         return units.reshape(b, t, *units.shape[1:])
+
+    def frame_subspace(self, units: torch.Tensor) -> torch.Tensor:
+        """What the frame readouts (`decode_frames`, the flow decoder) read of state units `(..., U, D)`: the frame
+        block `(..., U, frame_dim)` with several modalities, the units themselves with frames alone."""
+        return units if self.fusion is None else self.fusion.decompose(units)["frames"]
 
     def decode_frames(self, units: torch.Tensor) -> torch.Tensor:
         """Direct frame readout from the frame subspace: units (B, T, U, D) -> frames (B, T, C, H, W)."""
         self.check_units(units)
         b, t = units.shape[:2]
-        if self.fusion is not None:
-            units = self.fusion.decompose(units)["frames"]
-        frames = self.readout(units.flatten(0, 1))
+        frames = self.readout(self.frame_subspace(units).flatten(0, 1))
         return frames.reshape(b, t, *frames.shape[1:])
 
     def decompose(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -339,17 +383,12 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         self.check_units(units)
         return self.fusion.decompose(units, self.modality_slots)
 
-    def decode_text(self, units: torch.Tensor) -> torch.Tensor:
-        """Caption byte logits `(B, T, L, 256)` read from the text subspace of units `(B, T, U, D)`."""
-        self._require_modality("text", "decode_text")
-        part = self.decompose(units)["text"]
-        logits = self.caption_head(part.flatten(0, 1))
-        return logits.reshape(*part.shape[:2], *logits.shape[1:])
-
     def generate_captions(self, units: torch.Tensor) -> list[list[str]]:
-        """Captions read from the text subspace of units `(B, T, U, D)`: `B` lists of `T` strings (greedy bytes,
-        cut at the first padding byte)."""
-        ids = self.decode_text(units).argmax(-1)  # (B, T, L)
+        """Captions read from the text subspace of units `(B, T, U, D)` (encoded or evolved): `B` lists of `T`
+        strings, decoded greedily byte by byte up to the end byte."""
+        self._require_modality("text", "generate_captions")
+        part = self.decompose(units)["text"]
+        ids = self.caption_head.generate(part.flatten(0, 1)).reshape(*part.shape[:2], -1)  # (B, T, L)
         return [byte_detokenize(row) for row in ids]
 
     def decode_audio(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,21 +449,18 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             check_shape("audio_features", audio_features, (b, t, k, v))
             check_finite("audio_features", audio_features)
         if num_units is not None:
-            resampled = self._resampled_modalities()
-            if not resampled:
-                raise ValueError("`num_units` needs resampled units (a resampler layout or text), got none.")
-            most = max(self.modality_slots[m] if self.fusion is not None else config.num_units for m in resampled)
-            if not isinstance(num_units, int) or isinstance(num_units, bool) or not 1 <= num_units <= most:
-                raise ValueError(f"`num_units` must be an int in [1, {most}], got {num_units!r}.")
-
-    def _resampled_modalities(self) -> list[str]:
-        """Modalities whose units are learned queries (ordered summaries), where nested dropout applies."""
-        names = ["frames"] if self.config.unit_layout == "resampler" else []
-        return names + (["text"] if "text" in self.config.modalities else [])
+            if config.unit_layout != "resampler":
+                raise ValueError(
+                    f"`num_units` needs resampled frame units (`unit_layout='resampler'`), got {config.unit_layout!r}."
+                )
+            if not isinstance(num_units, int) or isinstance(num_units, bool) or not 1 <= num_units <= config.num_units:
+                raise ValueError(f"`num_units` must be an int in [1, {config.num_units}], got {num_units!r}.")
 
     def _keep_first_units(self, units: torch.Tensor, num_units: int | None) -> torch.Tensor:
-        """Zeroes the units past the first `k` of `(N, U_m, d)`: `k = num_units` when given, else in training with
-        nested dropout `k ~ U{1..U_m}` per step, else all are kept."""
+        """Zeroes the frame units past the first `k` of `(N, U, d)`: `k = num_units` when given, else in training with
+        nested dropout `k ~ U{1..U}` per step, else all are kept (resampler layout only)."""
+        if self.config.unit_layout != "resampler":
+            return units
         count = units.shape[1]
         if num_units is not None:
             kept = torch.full((units.shape[0], 1), min(num_units, count), device=units.device)
@@ -460,8 +496,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             audio_codes (`torch.Tensor` of shape `(B, T, K)`, *optional*): codes in `[0, audio_codebook_size)`.
             audio_features (`torch.Tensor` of shape `(B, T, K, V)`, *optional*): code vectors (or any features of
                 that shape).
-            num_units (`int`, *optional*): keep only the first `num_units` units of each resampled modality (the
-                rest are zero); see `config.nested_dropout`.
+            num_units (`int`, *optional*): keep only the first `num_units` resampled frame units (the rest are
+                zero); needs `unit_layout="resampler"`, see `config.nested_dropout`.
             return_loss (`bool`): also compute the frame readout and the training loss.
 
         Absent modalities leave their blocks zero.
@@ -476,8 +512,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         )
         if self.fusion is None:
             units = self.encode_units(pixel_values)
-            if "frames" in self._resampled_modalities():
-                units = self._keep_first_units(units.flatten(0, 1), num_units).reshape(units.shape)
+            units = self._keep_first_units(units.flatten(0, 1), num_units).reshape(units.shape)
             reconstruction = loss = None
             if return_loss:
                 reconstruction = self.decode_frames(units)
@@ -507,12 +542,16 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         input_ids, attention_mask = text
         audio_values, audio_codes, audio_features = audio
         b, t = pixel_values.shape[:2]
-        resampled = self._resampled_modalities()
-        frames = self.encode_units(pixel_values).flatten(0, 1)  # (N, U, d_frames), N = B·T
-        parts = {"frames": self._keep_first_units(frames, num_units) if "frames" in resampled else frames}
+        # `full` keeps every unit (alignment is learned on it, as retrieval reads it); `parts` is what gets fused.
+        full = {"frames": self.encode_units(pixel_values).flatten(0, 1)}  # (N, U, d_frames), N = B·T
         if input_ids is not None:
-            text = self.text_encoder(input_ids.flatten(0, 1).long(), attention_mask.flatten(0, 1))
-            parts["text"] = self._keep_first_units(text, num_units)
+            # Bytes past the longest caption and its end byte are padding that neither the text encoder (masked)
+            # nor the caption loss (ignored) sees: cut them, which is exact and saves most of the text compute.
+            positions = torch.arange(1, input_ids.shape[-1] + 1, device=input_ids.device)
+            length = min(input_ids.shape[-1], int((attention_mask * positions).max()) + 1)
+            input_ids, attention_mask = input_ids[..., :length].long(), attention_mask[..., :length]
+            full["text"] = self.text_encoder(input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
+        parts = {**full, "frames": self._keep_first_units(full["frames"], num_units)}
         tokenizer_loss = None
         if audio_values is not None:
             audio_codes, audio_features, tokenizer_loss = self.audio_tokenizer(audio_values.flatten(0, 1))
@@ -520,11 +559,12 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         if audio_codes is not None and audio_features is None:
             audio_features = self.audio_tokenizer.features_from_codes(audio_codes.long())
         if audio_features is not None:
-            parts["audio"] = self.audio_embedding(audio_features.reshape(b * t, -1))
+            parts["audio"] = full["audio"] = self.audio_embedding(audio_features.reshape(b * t, -1))
         units = self.fusion.fuse(parts, config.num_units_per_step).reshape(b, t, config.num_units_per_step, -1)
-        kept = 0
-        for name, part in parts.items():
-            kept = max(kept, min(num_units, part.shape[1]) if num_units and name in resampled else part.shape[1])
+        kept = max(
+            min(num_units, part.shape[1]) if num_units and name == "frames" else part.shape[1]
+            for name, part in parts.items()
+        )
         unit_mask = (torch.arange(config.num_units_per_step, device=units.device) < kept).expand(b, t, -1)
 
         reconstruction = loss = loss_terms = None
@@ -533,14 +573,25 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             loss_terms = {"frames": F.mse_loss(reconstruction, pixel_values)}
             loss = loss_terms["frames"]
             if input_ids is not None:
-                logits = self.decode_text(units)  # (B, T, L, 256); padding bytes are targets too: they end a caption
-                loss_terms["text"] = F.cross_entropy(logits.flatten(0, 2), input_ids.flatten().long())
+                text_part = self.decompose(units)["text"].flatten(0, 1)
+                logits = self.caption_head(text_part, input_ids.flatten(0, 1))  # (N, L', 256)
+                targets = caption_targets(input_ids.flatten(0, 1)).flatten()
+                loss_terms["text"] = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100)
                 loss = loss + config.text_loss_weight * loss_terms["text"]
             if tokenizer_loss is not None:
                 loss_terms["audio"] = tokenizer_loss
                 loss = loss + config.audio_loss_weight * tokenizer_loss
             if len(parts) > 1:
-                loss_terms["align"] = self.alignment_loss(parts)
+                # Content keys: steps with identical captions or identical audio (silence) are not negatives. Frames
+                # of a moving world are never identical, and comparing them would cost N² · C·H·W.
+                keys = {}
+                if input_ids is not None:
+                    keys["text"] = input_ids.flatten(0, 1)
+                if "audio" in parts:
+                    keys["audio"] = (
+                        audio_features.reshape(b * t, -1) if audio_codes is None else audio_codes.flatten(0, 1)
+                    )
+                loss_terms["align"] = self.alignment_loss(full, keys)
                 loss = loss + config.align_loss_weight * loss_terms["align"]
         if not return_dict:
             return tuple(v for v in (loss, units, actions, reconstruction, unit_mask) if v is not None)
@@ -559,13 +610,29 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         """Each modality's block `(N, U_m, d_m)` -> its alignment embedding `(N, align_dim)`."""
         return {name: self.align_projections[name](part.flatten(1)) for name, part in parts.items()}
 
-    def alignment_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`L_align`: InfoNCE averaged over every pair of the given modalities, the steps of the batch as negatives."""
+    def alignment_loss(
+        self, parts: dict[str, torch.Tensor], keys: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`L_align`: InfoNCE averaged over every pair of the given modalities, the steps of the batch as negatives.
+
+        Args:
+            parts: modality -> its block `(N, U_m, d_m)` of `N` steps.
+            keys: modality -> the step's input `(N, ...)` (bytes, codes, pixels); two steps whose inputs are identical
+                in either modality of a pair are not negatives of each other in that pair.
+        """
         embeddings = self.alignment_embeddings(parts)
         names = list(embeddings)
         pairs = [(a, c) for i, a in enumerate(names) for c in names[i + 1 :]]
-        temperature = self.config.align_temperature
-        return sum(info_nce(embeddings[a], embeddings[c], temperature) for a, c in pairs) / len(pairs)
+        logit_scale = self.align_logit_scale.clamp(max=math.log(100.0)).exp()
+        same = {name: identical_rows(key) for name, key in (keys or {}).items()}
+        total = 0.0
+        for a, c in pairs:
+            duplicates = None
+            for name in (a, c):
+                if name in same:
+                    duplicates = same[name] if duplicates is None else duplicates | same[name]
+            total = total + info_nce(embeddings[a], embeddings[c], logit_scale, duplicates)
+        return total / len(pairs)
 
     def embed_for_retrieval(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
         """Alignment embeddings `(B, T, align_dim)` of each modality, read from its subspace of units `(B, T, U, D)`

@@ -41,6 +41,7 @@ from .input_validation import check_finite, check_increasing, check_shape
 from .pipeline_world_rollout import VeltrixWorldConfig
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+OUTPUT_MODALITIES = ("frames", "audio", "text")
 
 
 def check_step_count(name: str, value: object) -> None:
@@ -55,13 +56,23 @@ class VeltrixPipelineOutput(BaseOutput):
         frames: the future frames; `"pil"`: a list (per trajectory) of lists of `PIL.Image.Image`; `"np"`: an
             array `(B, num_future_steps, H, W, C)` in [0, 1]; `"pt"`: a tensor `(B, num_future_steps, C, H, W)`
             in [0, 1]; `"latent"`: `None`.
+            Also `None` when `"frames"` is not in `output_modalities`.
         units (`torch.Tensor` of shape `(B, num_future_steps, U, D)`): the evolved state units.
         timestamps (`torch.Tensor` of shape `(B, num_future_steps)`): the times of the future steps in seconds.
+        captions (`list[list[str]]`, *optional*): with `"text"` in `output_modalities`, per trajectory the caption
+            of every future step, read from the text subspace of its evolved state.
+        audio_features (`torch.Tensor` of shape `(B, num_future_steps, K, V)`, *optional*): with `"audio"` in
+            `output_modalities`, the audio features read from the audio subspace (`D_audio`).
+        audio_codes (`torch.Tensor` of shape `(B, num_future_steps, K)`, *optional*): the nearest code of each
+            codebook to those features.
     """
 
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
     units: torch.Tensor
     timestamps: torch.Tensor
+    captions: list[list[str]] | None = None
+    audio_features: torch.Tensor | None = None
+    audio_codes: torch.Tensor | None = None
 
 
 class VeltrixPipeline(DiffusionPipeline):
@@ -217,9 +228,11 @@ class VeltrixPipeline(DiffusionPipeline):
         num_future_steps: int,
         num_inference_steps: int,
         output_type: str,
+        output_modalities: tuple[str, ...] = ("frames",),
     ) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        self.check_output_modalities(output_modalities)
         check_step_count("num_future_steps", num_future_steps)
         check_step_count("num_inference_steps", num_inference_steps)
         self.encoder.check_pixel_values(frames)
@@ -231,6 +244,26 @@ class VeltrixPipeline(DiffusionPipeline):
             check_shape("timestamps", timestamps, (b, t + num_future_steps))
             check_finite("timestamps", timestamps)
             check_increasing("timestamps", timestamps)
+
+    def check_output_modalities(self, output_modalities: tuple[str, ...]) -> None:
+        """At least one of `OUTPUT_MODALITIES`, no repeats, and text or audio only from an encoder that has them."""
+        if (
+            not isinstance(output_modalities, (tuple, list))
+            or not output_modalities
+            or len(set(output_modalities)) != len(output_modalities)
+            or any(m not in OUTPUT_MODALITIES for m in output_modalities)
+        ):
+            raise ValueError(
+                f"`output_modalities` must be a non-empty tuple of distinct entries of {OUTPUT_MODALITIES}, "
+                f"got {output_modalities!r}."
+            )
+        encoded = tuple(self.encoder.config.modalities)
+        missing = [m for m in output_modalities if m != "frames" and m not in encoded]
+        if missing:
+            raise ValueError(
+                f"`output_modalities` asks for {missing}, which the encoder does not model (its modalities are "
+                f"{list(encoded)})."
+            )
 
     def prepare_latents(
         self, num_frames: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
@@ -248,18 +281,20 @@ class VeltrixPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         previous_frame: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Samples frames (N, C, H, W) in [-1, 1] for units (N, U, D) with `num_inference_steps` Euler steps,
-        starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`. A decoder with
-        `temporal_context` also takes each frame's `previous_frame` (N, C, H, W)."""
-        check_shape("units", units, ("N", "U", self.decoder.config.cross_attention_dim))
+        """Samples frames (N, C, H, W) in [-1, 1] for state units (N, U, D) with `num_inference_steps` Euler steps,
+        starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`. The decoder reads the
+        units' frame subspace (`encoder.frame_subspace`). A decoder with `temporal_context` also takes each frame's
+        `previous_frame` (N, C, H, W)."""
+        check_shape("units", units, ("N", "U", self.encoder.config.unit_dim))
         check_finite("units", units)
         check_step_count("num_inference_steps", num_inference_steps)
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
+        context = self.encoder.frame_subspace(units.to(self.encoder.dtype)).to(self.decoder.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for t in self.scheduler.timesteps:
-                velocity = self.decoder(latents, t.expand(latents.shape[0]), units, previous_frame).sample
+                velocity = self.decoder(latents, t.expand(latents.shape[0]), context, previous_frame).sample
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
                 progress_bar.update()
         return latents.clamp(-1.0, 1.0)
@@ -298,6 +333,12 @@ class VeltrixPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_codes: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        output_modalities: tuple[str, ...] = ("frames",),
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
@@ -313,28 +354,56 @@ class VeltrixPipeline(DiffusionPipeline):
             generator (`torch.Generator`, *optional*): makes the decoder's noise reproducible.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
+            input_ids, attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): the context steps' captions
+                as bytes (`byte_tokenize`), for an encoder with the text modality.
+            audio_values (`(B, T, S)`), audio_codes (`(B, T, K)`), audio_features (`(B, T, K, V)`), *optional*: the
+                context steps' audio, one of the three, for an encoder with the audio modality.
+            output_modalities (`tuple[str, ...]`, defaults to `("frames",)`): what to read back from every evolved
+                future state: `"frames"` (the flow decoder), `"audio"` (features and codes through `D_audio`),
+                `"text"` (captions through the caption head). Text and audio need an encoder that models them.
 
         Examples:
 
         ```py
         >>> out = pipe(frames, num_future_steps=24, output_type="np")
         >>> out.frames.shape  # (B, 24, H, W, C)
+        >>> out = pipe(frames, input_ids=ids, attention_mask=mask, output_modalities=("frames", "audio", "text"))
+        >>> out.captions[0][0], out.audio_codes.shape  # ("the red ball hits the left wall. ...", (B, 8, K))
         ```
         """
         if num_future_steps is None:
             num_future_steps = self.config.default_num_future_steps
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
-        self.check_inputs(frames, actions, timestamps, num_future_steps, num_inference_steps, output_type)
+        self.check_inputs(
+            frames, actions, timestamps, num_future_steps, num_inference_steps, output_type, output_modalities
+        )
         device = self._execution_device
         frames = frames.to(device=device, dtype=self.encoder.dtype)
         actions = None if actions is None else actions.to(device=device, dtype=self.evolver.dtype)
         timestamps = None if timestamps is None else timestamps.to(device=device, dtype=self.evolver.dtype)
+        observed = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "audio_values": audio_values,
+            "audio_codes": audio_codes,
+            "audio_features": audio_features,
+        }
+        observed = {
+            name: value.to(device=device, dtype=self.encoder.dtype if value.is_floating_point() else value.dtype)
+            for name, value in observed.items()
+            if value is not None
+        }
 
-        context = self.encoder(frames).units
+        context = self.encoder(frames, **observed).units
         rollout = self.evolver.rollout(context, num_future_steps, conditions=actions, timestamps=timestamps)
         units = rollout.units
-        if output_type == "latent":
+        captions = future_audio_features = future_audio_codes = None
+        if "text" in output_modalities:
+            captions = self.encoder.generate_captions(units.to(self.encoder.dtype))
+        if "audio" in output_modalities:
+            future_audio_features, future_audio_codes = self.encoder.decode_audio(units.to(self.encoder.dtype))
+        if output_type == "latent" or "frames" not in output_modalities:
             images = None
         else:
             b, n = units.shape[:2]
@@ -346,8 +415,16 @@ class VeltrixPipeline(DiffusionPipeline):
                 images = processed.reshape(b, n, *processed.shape[1:])
         self.maybe_free_model_hooks()
         if not return_dict:
-            return images, units, rollout.timestamps
-        return VeltrixPipelineOutput(frames=images, units=units, timestamps=rollout.timestamps)
+            extras = (captions, future_audio_features, future_audio_codes)  # those asked for, in this order
+            return images, units, rollout.timestamps, *(value for value in extras if value is not None)
+        return VeltrixPipelineOutput(
+            frames=images,
+            units=units,
+            timestamps=rollout.timestamps,
+            captions=captions,
+            audio_features=future_audio_features,
+            audio_codes=future_audio_codes,
+        )
 
 
 class VeltrixWorldModel(PreTrainedModel):
@@ -420,6 +497,12 @@ class VeltrixWorldModel(PreTrainedModel):
         num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_codes: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        output_modalities: tuple[str, ...] = ("frames",),
     ) -> VeltrixPipelineOutput:
         """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`] (see
         `VeltrixPipeline.__call__`)."""
@@ -431,6 +514,12 @@ class VeltrixWorldModel(PreTrainedModel):
             num_inference_steps=num_inference_steps,
             generator=generator,
             output_type=output_type,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            audio_values=audio_values,
+            audio_codes=audio_codes,
+            audio_features=audio_features,
+            output_modalities=output_modalities,
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:

@@ -19,14 +19,16 @@ TASK_OUTPUT_TYPES = ("pil", "np", "pt")
 
 class VeltrixWorldRolloutPipeline(Pipeline):
     r"""Context frames in, future frames out: `rollout(frames, actions=None, timestamps=None, num_future_steps=None,
-    num_inference_steps=None, seed=None, output_type="pil")`.
+    num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",))`.
 
     `frames` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
     (`(T + n, A)` or `(B, T + n, A)`) and `timestamps` (`(T + n,)` or `(B, T + n)`, seconds) cover context and future
     steps as in [`VeltrixPipeline`]. `num_future_steps` and `num_inference_steps` default to the pipeline's saved call
     defaults; `seed` fixes the decoder's noise. One trajectory gives a dict `{"frames", "timestamps"}` (frames: a list
     of `n` PIL images, an array `(n, H, W, C)` or a tensor `(n, C, H, W)`, in [0, 1] for the last two), a batch gives
-    a list of such dicts.
+    a list of such dicts. With `"text"` / `"audio"` in `output_modalities` (an encoder that models them), each dict
+    also holds `"captions"` (`n` strings) / `"audio_features"` `(n, K, V)` and `"audio_codes"` `(n, K)`, read from the
+    evolved states; without `"frames"`, no frames are rendered (`"frames"` is `None`).
     """
 
     _load_tokenizer = False
@@ -43,6 +45,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         num_inference_steps: int | None = None,
         seed: int | None = None,
         output_type: str | None = None,
+        output_modalities: tuple[str, ...] | None = None,
     ) -> tuple[dict, dict, dict]:
         if output_type is not None and output_type not in TASK_OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {TASK_OUTPUT_TYPES}, got {output_type!r}.")
@@ -51,6 +54,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         preprocess = {"actions": actions, "timestamps": timestamps}
         forward = {"num_future_steps": num_future_steps, "num_inference_steps": num_inference_steps, "seed": seed}
         forward["output_type"] = output_type or "pil"
+        forward["output_modalities"] = output_modalities or ("frames",)
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     def preprocess(
@@ -74,6 +78,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         num_inference_steps: int | None,
         seed: int | None,
         output_type: str,
+        output_modalities: tuple[str, ...],
     ) -> dict:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         out = self.model(
@@ -84,13 +89,20 @@ class VeltrixWorldRolloutPipeline(Pipeline):
             num_inference_steps=num_inference_steps,
             generator=generator,
             output_type=output_type,
+            output_modalities=output_modalities,
         )
-        return {"frames": out.frames, "timestamps": out.timestamps, "batched": model_inputs["batched"]}
+        per_trajectory = {
+            name: getattr(out, name)
+            for name in ("frames", "timestamps", "captions", "audio_features", "audio_codes")
+            if getattr(out, name) is not None
+        }
+        return {"outputs": per_trajectory, "batch_size": len(out.timestamps), "batched": model_inputs["batched"]}
 
     def postprocess(self, model_outputs: dict) -> dict | list[dict]:
+        outputs = model_outputs["outputs"]
         trajectories = [
-            {"frames": frames, "timestamps": timestamps}
-            for frames, timestamps in zip(model_outputs["frames"], model_outputs["timestamps"], strict=True)
+            {"frames": None} | {name: value[i] for name, value in outputs.items()}
+            for i in range(model_outputs["batch_size"])
         ]
         return trajectories if model_outputs["batched"] else trajectories[0]
 

@@ -7,6 +7,7 @@ Perceiver / Flamingo. Byte 0 never occurs in text, so it is the padding token an
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BYTE_VOCAB_SIZE = 256
@@ -96,32 +97,64 @@ class VeltrixTextUnitEncoder(nn.Module):
 
 
 class VeltrixCaptionHead(nn.Module):
-    """The light byte-level head `D_text`: text units `(N, U_text, unit_dim)` -> byte logits `(N, L, 256)`.
+    """The light byte-level head `D_text`: text units `(N, U_text, unit_dim)` -> caption bytes, autoregressive.
 
-    Non-autoregressive: one learned query per byte position cross-attends to the units, then an MLP; all `L` bytes
-    are predicted in one pass (templated captions are short and low-entropy, so no left-to-right decoding is needed).
+    A small pre-norm transformer decoder: causal self-attention over the bytes so far (a learned start token first)
+    and cross-attention to the units. Trained by teacher forcing (`forward`); `generate` decodes greedily until the
+    padding byte, which ends a caption.
     """
 
-    def __init__(self, unit_dim: int, hidden_size: int, num_heads: int, max_length: int, eps: float):
+    def __init__(self, unit_dim: int, hidden_size: int, num_heads: int, num_layers: int, max_length: int, eps: float):
         super().__init__()
+        self.max_length = max_length
         self.unit_proj = nn.Linear(unit_dim, hidden_size)
-        self.position_queries = nn.Parameter(torch.zeros(1, max_length, hidden_size))
-        self.query_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.attention = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
-        # Self-attention over byte positions lets neighbouring bytes agree on which template they spell.
-        layer = nn.TransformerEncoderLayer(
+        self.byte_embedding = nn.Embedding(BYTE_VOCAB_SIZE + 1, hidden_size)  # + the start token
+        self.position_embedding = nn.Parameter(torch.zeros(1, max_length, hidden_size))
+        layer = nn.TransformerDecoderLayer(
             hidden_size, num_heads, 2 * hidden_size, dropout=0.0, batch_first=True, norm_first=True, layer_norm_eps=eps
         )
-        self.refine = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.decoder = nn.TransformerDecoder(layer, num_layers)
         self.out_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.to_bytes = nn.Linear(hidden_size, BYTE_VOCAB_SIZE)
 
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        """`(N, U_text, unit_dim)` -> logits `(N, L, 256)`."""
-        context = self.unit_proj(units)
-        queries = self.position_queries.expand(units.shape[0], -1, -1)
-        attended, _ = self.attention(self.query_norm(queries), context, context, need_weights=False)
-        return self.to_bytes(self.out_norm(self.refine(queries + attended)))
+    def _logits(self, memory: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Projected units `(N, U_text, H)` and the inputs so far `(N, l)` (start token first) -> `(N, l, 256)`."""
+        length = previous.shape[1]
+        tokens = self.byte_embedding(previous) + self.position_embedding[:, :length]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=previous.device, dtype=tokens.dtype)
+        hidden = self.decoder(tokens, memory, tgt_mask=causal, tgt_is_causal=True)
+        return self.to_bytes(self.out_norm(hidden))
+
+    def forward(self, units: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: units `(N, U_text, unit_dim)`, target bytes `(N, L)` -> logits `(N, L, 256)`, position
+        `i` predicted from the bytes before it."""
+        start = torch.full_like(input_ids[:, :1], BYTE_VOCAB_SIZE)
+        return self._logits(self.unit_proj(units), torch.cat([start, input_ids[:, :-1]], dim=1))
+
+    @torch.no_grad()
+    def generate(self, units: torch.Tensor) -> torch.Tensor:
+        """Greedy decoding: units `(N, U_text, unit_dim)` -> bytes `(N, max_length)`, 0 after each caption's end."""
+        memory = self.unit_proj(units)
+        previous = torch.full((units.shape[0], 1), BYTE_VOCAB_SIZE, dtype=torch.long, device=units.device)
+        ended = torch.zeros(units.shape[0], dtype=torch.bool, device=units.device)
+        generated = []
+        for _ in range(self.max_length):
+            next_byte = self._logits(memory, previous)[:, -1].argmax(-1).masked_fill(ended, PAD_BYTE)
+            generated.append(next_byte)
+            ended |= next_byte == PAD_BYTE
+            if bool(ended.all()):
+                break
+            previous = torch.cat([previous, next_byte[:, None]], dim=1)
+        ids = torch.stack(generated, dim=1)
+        return F.pad(ids, (0, self.max_length - ids.shape[1]), value=PAD_BYTE)
 
 
-__all__ = ["VeltrixCaptionHead", "VeltrixTextUnitEncoder", "byte_detokenize", "byte_tokenize"]
+def caption_targets(input_ids: torch.Tensor) -> torch.Tensor:
+    """Byte targets `(N, L)` of the caption head: the caption and its first padding byte (its end); later padding
+    is `-100`, ignored by the cross-entropy."""
+    padding = input_ids == PAD_BYTE
+    after_end = padding.cumsum(-1) > 1  # every padding byte past the first
+    return input_ids.masked_fill(after_end & padding, -100)
+
+
+__all__ = ["VeltrixCaptionHead", "VeltrixTextUnitEncoder", "byte_detokenize", "byte_tokenize", "caption_targets"]

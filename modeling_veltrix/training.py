@@ -54,14 +54,17 @@ class VeltrixStageRecipe:
 class VeltrixTrainingRecipe:
     """Everything a training run depends on besides the model configs: data, windows, loss weights, stages.
 
-    `rollout_window` is the training window W: the evolver is trained to roll out W steps open loop from
-    `context_length` observed steps. `stability_weight` (default 0: off) weighs the Lyapunov-like regulariser
-    `modeling_veltrix_evolver.lyapunov_penalty` on that rollout, with a context perturbation of relative size
-    `stability_perturbation`. `time_consistency_weight` (default 0: off) weighs the same window rolled out at twice
-    the frame rate (`modeling_veltrix_evolver.midpoint_rollout`), which teaches rollouts at other frame rates.
+    `world_options` are overrides of the world's config (e.g. `{"audio": true, "captions": true}` for the speaking,
+    captioning world that a multimodal encoder trains on). `rollout_window` is the training window W: the evolver
+    is trained to roll out W steps open loop from `context_length` observed steps. `stability_weight` (default 0:
+    off) weighs the Lyapunov-like regulariser `modeling_veltrix_evolver.lyapunov_penalty` on that rollout, with a
+    context perturbation of relative size `stability_perturbation`. `time_consistency_weight` (default 0: off) weighs
+    the same window rolled out at twice the frame rate (`modeling_veltrix_evolver.midpoint_rollout`), which teaches
+    rollouts at other frame rates.
     """
 
     world: str = "bouncing_balls"
+    world_options: dict = field(default_factory=dict)
     num_train_trajectories: int = 512
     num_eval_trajectories: int = 32
     trajectory_length: int = 32
@@ -89,6 +92,8 @@ class VeltrixTrainingRecipe:
     reflow: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.world_options, dict):
+            raise ValueError(f"`world_options` must be a dict of world config overrides, got {self.world_options!r}.")
         for name in STAGES:
             value = getattr(self, name)
             if isinstance(value, dict):
@@ -141,15 +146,40 @@ def save_pretrained_atomic(model, path: str) -> None:
     os.replace(tmp, path)
 
 
+def observed_modalities(
+    encoder: VeltrixEncoderModel,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    audio_values: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """The caption and audio inputs of a batch that `encoder` models (a frames-only encoder ignores a speaking world's
+    extra columns)."""
+    modalities = encoder.config.modalities
+    observed = {}
+    if "text" in modalities and input_ids is not None:
+        observed |= {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "audio" in modalities and audio_values is not None:
+        observed["audio_values"] = audio_values
+    return observed
+
+
 class VeltrixEncoderStage(nn.Module):
-    """Encoder + frame readout trained by reconstruction of every frame."""
+    """Encoder + frame readout trained by reconstruction of every frame; a multimodal encoder also learns its caption
+    head, audio tokenizer and alignment on the world's captions and audio."""
 
     def __init__(self, encoder: VeltrixEncoderModel):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"loss": self.encoder(pixel_values, return_loss=True).loss}
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        observed = observed_modalities(self.encoder, input_ids, attention_mask, audio_values)
+        return {"loss": self.encoder(pixel_values, **observed, return_loss=True).loss}
 
 
 class VeltrixEvolverStage(nn.Module):
@@ -175,11 +205,20 @@ class VeltrixEvolverStage(nn.Module):
         return self.recipe.latent_loss_weight * latent + self.recipe.pixel_loss_weight * pixel
 
     def forward(
-        self, pixel_values: torch.Tensor, timestamps: torch.Tensor, actions: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        timestamps: torch.Tensor,
+        actions: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """With a multimodal encoder, the units are the fused states of every observed modality, so the evolver
+        learns to evolve the caption and audio subspaces with the frames'."""
         recipe = self.recipe
+        observed = observed_modalities(self.encoder, input_ids, attention_mask, audio_values)
         with torch.no_grad():
-            units = self.encoder(pixel_values).units
+            units = self.encoder(pixel_values, **observed).units
         teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
         teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:])
 
@@ -254,7 +293,8 @@ def build_reflow_pairs(
 ) -> datasets.Dataset:
     """`recipe.reflow_num_pairs` (noise, teacher sample, units) triples: frames drawn from `train_dataset` (torch
     format) are encoded, and the current decoder samples each from its own noise with
-    `recipe.reflow_teacher_steps` Euler steps. Deterministic for `recipe.seed`."""
+    `recipe.reflow_teacher_steps` Euler steps. `units (N, U, d)` are the frame subspace of the states, which is what
+    the decoder reads. Deterministic for `recipe.seed`."""
     generator = torch.Generator().manual_seed(recipe.seed)
     temporal = pipeline.decoder.config.temporal_context
     first = 1 if temporal else 0  # a temporal decoder needs a previous frame
@@ -274,7 +314,7 @@ def build_reflow_pairs(
         samples = pipeline.decode_units(units, recipe.reflow_teacher_steps, latents=noise, previous_frame=previous)
         columns["noise"].append(noise)
         columns["pixel_values"].append(samples)
-        columns["units"].append(units)
+        columns["units"].append(pipeline.encoder.frame_subspace(units))  # what the decoder reads
         if temporal:
             columns["previous_frame"].append(previous)
     arrays = {name: torch.cat(values).cpu().numpy() for name, values in columns.items()}
@@ -309,7 +349,7 @@ class VeltrixDecoderStage(nn.Module):
         frames = pixel_values[rows, picks]  # (B, k, C, H, W)
         previous = pixel_values[rows, picks - 1].flatten(0, 1) if temporal else None
         with torch.no_grad():
-            units = self.encoder(frames).units
+            units = self.encoder.frame_subspace(self.encoder(frames).units)  # the decoder reads the frame subspace
         loss = flow_matching_loss(
             self.decoder,
             frames.flatten(0, 1),
@@ -328,7 +368,7 @@ def world_action_dim(recipe: VeltrixTrainingRecipe) -> int:
 
 def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, datasets.Dataset]:
     """The recipe's world as (train, held-out) `datasets.Dataset`s in torch format; held-out uses another seed."""
-    common = {"world": recipe.world, "num_steps": recipe.trajectory_length}
+    common = {"world": recipe.world, "num_steps": recipe.trajectory_length, **recipe.world_options}
     train = build_world_dataset(num_trajectories=recipe.num_train_trajectories, seed=recipe.train_seed, **common)
     held_out = build_world_dataset(num_trajectories=recipe.num_eval_trajectories, seed=recipe.eval_seed, **common)
     return train.with_format("torch"), held_out.with_format("torch")
@@ -374,7 +414,7 @@ def check_compatible(encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel,
         ("evolver.num_units", evo.num_units, "encoder.num_units_per_step", enc.num_units_per_step),
         ("evolver.unit_dim", evo.unit_dim, "encoder.unit_dim", enc.unit_dim),
         ("evolver.action_dim", evo.action_dim, "encoder.action_dim", enc.action_dim),
-        ("decoder.cross_attention_dim", dec.cross_attention_dim, "encoder.unit_dim", enc.unit_dim),
+        ("decoder.cross_attention_dim", dec.cross_attention_dim, "encoder.frame_unit_dim", enc.frame_unit_dim),
         ("decoder.sample_size", dec.sample_size, "encoder.image_size", enc.image_size),
         ("decoder.in_channels", dec.in_channels, "encoder.num_channels", enc.num_channels),
     ]

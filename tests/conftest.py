@@ -53,8 +53,8 @@ def tiny_evolver_config(**overrides) -> VeltrixEvolverConfig:
     return VeltrixEvolverConfig(**{**values, **overrides})
 
 
-def tiny_decoder() -> VeltrixDecoderModel:
-    return VeltrixDecoderModel(
+def tiny_decoder(**overrides) -> VeltrixDecoderModel:
+    values = dict(
         sample_size=IMAGE_SIZE,
         patch_size=4,
         hidden_size=32,
@@ -63,6 +63,7 @@ def tiny_decoder() -> VeltrixDecoderModel:
         cross_attention_dim=UNIT_DIM,
         max_context_units=16,
     )
+    return VeltrixDecoderModel(**{**values, **overrides})
 
 
 def randomize_(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
@@ -91,3 +92,42 @@ def tiny_pipeline() -> VeltrixPipeline:
 def random_frames(batch: int = 2, steps: int = 3, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, steps, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1
+
+
+def fused_config(**overrides):
+    values = dict(
+        modalities=["frames", "text", "audio"],
+        unit_dim=16,
+        frame_dim=8,
+        text_dim=4,
+        audio_dim=2,
+        latent_dim=2,
+        num_text_units=2,
+        num_audio_units=4,
+        audio_num_codebooks=2,
+        audio_codebook_dim=3,
+        audio_codebook_size=16,
+        audio_window=320,
+        audio_n_fft=64,
+        audio_hop_length=32,
+        audio_num_mels=8,
+        text_max_length=24,
+        text_hidden_size=16,
+        text_num_heads=2,
+        text_num_layers=1,
+        align_dim=8,
+    )
+    return tiny_encoder_config(**{**values, **overrides})
+
+
+def fused_inputs(batch: int = 2, steps: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, 256, (batch, steps, 24), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[..., 20:] = 0
+    return {
+        "pixel_values": random_frames(batch, steps, seed),
+        "input_ids": input_ids * attention_mask,
+        "attention_mask": attention_mask,
+        "audio_codes": torch.randint(0, 16, (batch, steps, 2), generator=generator),
+    }
