@@ -18,7 +18,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm.auto import tqdm
 
 from .pipeline_veltrix import VeltrixPipeline
-from .training import write_json_atomic
+from .training import observed_modalities, write_json_atomic
+from .worlds import caption_event
 
 PREDICTORS = ("veltrix", "copy_last", "mean_frame")
 
@@ -65,12 +66,17 @@ def evaluate_rollouts(
     pixel = {name: [] for name in PREDICTORS}
     latent = {name: [] for name in PREDICTORS}
     truths, predictions, contexts = [], [], []
+    encoder = pipeline.encoder
     for index, start in enumerate(tqdm(range(0, len(dataset), batch_size), desc="evaluating rollouts")):
         batch = dataset[start : start + batch_size]
         frames = batch["pixel_values"][:, :total_length]
         context, future = frames[:, :context_length], frames[:, context_length:]
+        observed = observed_in_dataset(encoder, batch)
+        context_observed = {name: value[:, :context_length] for name, value in observed.items()}
+        future_observed = {name: value[:, context_length:total_length] for name, value in observed.items()}
         output = pipeline(
             context,
+            **context_observed,
             actions=batch["actions"][:, :total_length],
             timestamps=batch["timestamps"][:, :total_length],
             num_future_steps=num_future_steps,
@@ -84,9 +90,8 @@ def evaluate_rollouts(
             "copy_last": context[:, -1:].expand_as(future),
             "mean_frame": context.mean(dim=1, keepdim=True).expand_as(future),
         }
-        encoder = pipeline.encoder
-        context_units = encoder(context.to(encoder.device)).units.cpu()
-        future_units = encoder(future.to(encoder.device)).units.cpu()
+        context_units = encoder(context.to(encoder.device), **context_observed).units.cpu()
+        future_units = encoder(future.to(encoder.device), **future_observed).units.cpu()
         latent_predictions = {
             "veltrix": output.units.cpu(),
             "copy_last": context_units[:, -1:].expand_as(future_units),
@@ -105,6 +110,75 @@ def evaluate_rollouts(
         predicted_frames=torch.cat(predictions),
         context_frames=torch.cat(contexts),
     )
+
+
+def observed_in_dataset(encoder, batch: dict) -> dict[str, torch.Tensor]:
+    """The caption and audio columns of a world batch that `encoder` models (none for a frames-only encoder)."""
+    return observed_modalities(encoder, batch.get("input_ids"), batch.get("attention_mask"), batch.get("audio_values"))
+
+
+@torch.no_grad()
+def evaluate_future_modalities(
+    pipeline: VeltrixPipeline,
+    dataset: datasets.Dataset,
+    context_length: int,
+    num_future_steps: int,
+    batch_size: int = 16,
+) -> dict:
+    """Reads captions and audio back from the evolved future states of held-out trajectories of a speaking,
+    captioning world (`dataset` in torch format with `captions`, `input_ids`, `attention_mask`, `audio_values`), with
+    the context's frames, captions and audio observed and the trajectory's own actions and timestamps.
+
+    Returns, for the modalities the encoder models: the event clause accuracy of the future captions (all steps,
+    steps where something happens, and the majority-class rate "nothing happens" for reference), the accuracy of the
+    whole caption, and the agreement of the future audio codes with the codes of the true future audio; each also
+    per horizon `h = 1 … num_future_steps`.
+    """
+    encoder = pipeline.encoder
+    modalities = [m for m in ("text", "audio") if m in encoder.config.modalities]
+    if not modalities:
+        raise ValueError(f"`pipeline.encoder` must model text or audio, got modalities {encoder.config.modalities}.")
+    needed = {"text": ("captions", "input_ids", "attention_mask"), "audio": ("audio_values",)}
+    missing = [column for m in modalities for column in needed[m] if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"`dataset` must hold the columns {missing} (a speaking, captioning world), got none of them.")
+    total_length = context_length + num_future_steps
+    event_hits, eventful, exact, code_hits = [], [], [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating future captions and audio"):
+        batch = dataset[start : start + batch_size]
+        observed = observed_in_dataset(encoder, batch)
+        output = pipeline(
+            batch["pixel_values"][:, :context_length],
+            **{name: value[:, :context_length] for name, value in observed.items()},
+            actions=batch["actions"][:, :total_length],
+            timestamps=batch["timestamps"][:, :total_length],
+            num_future_steps=num_future_steps,
+            output_type="latent",
+            output_modalities=tuple(modalities),
+        )
+        if "text" in modalities:
+            truth = np.array(batch["captions"], dtype=object)[:, context_length:total_length]
+            decoded = np.array(output.captions, dtype=object)
+            event_hits.append(np.vectorize(lambda a, b: caption_event(a) == caption_event(b))(decoded, truth))
+            eventful.append(np.vectorize(lambda b: caption_event(b) != "nothing happens")(truth))
+            exact.append(decoded == truth)
+        if "audio" in modalities:
+            future_audio = observed["audio_values"][:, context_length:total_length]
+            future = encoder(batch["pixel_values"][:, context_length:total_length], audio_values=future_audio)
+            code_hits.append((output.audio_codes.cpu() == future.audio_codes.cpu()).float().mean(-1).numpy())
+    results: dict = {"num_trajectories": len(dataset), "context_length": context_length, "horizon": num_future_steps}
+    if "text" in modalities:
+        hits, events, whole = (np.concatenate(values).astype(bool) for values in (event_hits, eventful, exact))
+        results["caption_event_accuracy"] = float(hits.mean())
+        results["caption_event_accuracy_on_event_steps"] = float(hits[events].mean()) if events.any() else None
+        results["caption_majority_class_rate"] = float(1 - events.mean())
+        results["caption_exact_match"] = float(whole.mean())
+        results["caption_event_accuracy_by_horizon"] = hits.mean(0).tolist()
+    if "audio" in modalities:
+        codes = np.concatenate(code_hits)
+        results["audio_code_accuracy"] = float(codes.mean())
+        results["audio_code_accuracy_by_horizon"] = codes.mean(0).tolist()
+    return results
 
 
 def rollout_targets(evaluation: RolloutEvaluation, window: int) -> list[dict]:

@@ -27,7 +27,12 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
+from modeling_veltrix.evaluation import (
+    environment_record,
+    evaluate_future_modalities,
+    evaluate_rollouts,
+    rollout_targets,
+)
 from modeling_veltrix.model_card import render_model_card, save_model_card, validate_model_card
 from modeling_veltrix.remote_code_check import run_without_package
 from modeling_veltrix.training import (
@@ -153,6 +158,10 @@ def main() -> None:
         },
         "targets": rollout_targets(evaluation, recipe.rollout_window),
     }
+    if encoder.config.is_fused:
+        future = evaluate_future_modalities(pipeline, held_out, recipe.context_length, recipe.rollout_window)
+        metrics["results"]["future_modalities"] = future
+        print(f"[veltrix] captions and audio read from evolved states: {future}")
     save_rollout_gif(
         evaluation.true_frames[:4], evaluation.predicted_frames[:4], os.path.join(args.output_dir, "rollout.gif")
     )

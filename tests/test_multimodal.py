@@ -1,6 +1,7 @@
 """Multimodal states end to end: alignment loss details, the pipeline's `output_modalities`, and the encoder and
 evolver stages on the speaking, captioning world."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,9 +9,11 @@ from conftest import fused_config, fused_inputs, random_frames, randomize_, tiny
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel, VeltrixPipeline
+from modeling_veltrix.evaluation import evaluate_future_modalities
 from modeling_veltrix.modeling_veltrix_encoder import identical_rows, info_nce
 from modeling_veltrix.text_units import caption_targets
 from modeling_veltrix.training import VeltrixTrainingRecipe, build_datasets, train_stage
+from modeling_veltrix.worlds import caption_event
 
 UNIT_DIM, FRAME_DIM = 16, 8
 
@@ -168,3 +171,28 @@ def test_encoder_and_evolver_stages_train_on_the_speaking_world(tmp_path):
     metrics = train_stage("evolver", models, train, recipe, str(tmp_path), resume=False)
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert (tmp_path / "encoder" / "model.safetensors").exists() and (tmp_path / "evolver").is_dir()
+
+
+def test_future_modalities_evaluation(tmp_path, tiny_pipeline):
+    recipe = speaking_recipe(tmp_path)
+    _, held_out = build_datasets(recipe)
+    window = held_out[0]["audio_values"].shape[-1]
+    torch.manual_seed(0)
+    encoder = randomize_(VeltrixEncoderModel(fused_config(audio_window=window))).eval()
+    evolver = randomize_(VeltrixEvolverModel(tiny_evolver_config(unit_dim=UNIT_DIM))).eval()
+    pipe = VeltrixPipeline(
+        encoder=encoder,
+        evolver=evolver,
+        decoder=tiny_decoder(cross_attention_dim=FRAME_DIM).eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    results = evaluate_future_modalities(pipe, held_out, context_length=2, num_future_steps=3)
+    future_captions = [c for row in held_out["captions"] for c in row[2:5]]
+    quiet = sum(caption_event(c) == "nothing happens" for c in future_captions) / len(future_captions)
+    assert results["caption_majority_class_rate"] == pytest.approx(quiet)
+    assert len(results["caption_event_accuracy_by_horizon"]) == 3
+    assert results["caption_event_accuracy"] == pytest.approx(np.mean(results["caption_event_accuracy_by_horizon"]))
+    assert 0.0 <= results["audio_code_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="encoder"):
+        evaluate_future_modalities(tiny_pipeline, held_out, context_length=2, num_future_steps=3)
