@@ -165,13 +165,15 @@ class VeltrixGridReadout(nn.Module):
 
 
 class VeltrixResamplerReadout(nn.Module):
-    """Resampled units (N, U, D) -> frames (N, C, H, W): positional patch queries cross-attend to the units."""
+    """Resampled units (N, U, D) -> frames (N, C, H, W): positional patch queries, each starting from a learned linear
+    mix of the units (`unit_unpooling`, the mirror of the encoder's `unit_pooling`), cross-attend to the units."""
 
     def __init__(self, config: VeltrixEncoderConfig):
         super().__init__()
         self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.patch_queries = nn.Parameter(torch.zeros(1, config.grid_size**2, config.hidden_size))
+        self.unit_unpooling = nn.Parameter(torch.zeros(config.grid_size**2, config.num_units, config.hidden_size))
         self.unit_proj = nn.Linear(config.frame_unit_dim, config.hidden_size)
         self.attention = VeltrixCrossAttention(
             config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
@@ -180,9 +182,10 @@ class VeltrixResamplerReadout(nn.Module):
 
     def forward(self, units: torch.Tensor) -> torch.Tensor:
         grid = round(self.patch_queries.shape[1] ** 0.5)
+        projected = self.unit_proj(units)  # (N, U, H)
         queries = self.patch_queries + grid_positions(grid, self.patch_queries.shape[-1], units)
-        queries = queries.expand(units.shape[0], -1, -1)
-        patches = self.attention(queries, self.unit_proj(units))
+        queries = queries + torch.einsum("puh,nuh->nph", self.unit_unpooling, projected)
+        patches = self.attention(queries, projected)
         return unpatchify(self.to_pixels(patches), self.patch_size, self.num_channels)
 
 
@@ -206,10 +209,13 @@ class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel)
             init.normal_(module.position_embedding, std=std)
             if module.unit_queries is not None:
                 init.normal_(module.unit_queries, std=std)
+                # Unit-variance pooled features: each weight ~ N(0, 1 / number of patches).
+                init.normal_(module.unit_pooling, std=module.unit_pooling.shape[1] ** -0.5)
             if module.align_logit_scale is not None:
                 init.constant_(module.align_logit_scale, -math.log(self.config.align_temperature))
         elif isinstance(module, VeltrixResamplerReadout):
             init.normal_(module.patch_queries, std=std)
+            init.normal_(module.unit_unpooling, std=module.unit_unpooling.shape[1] ** -0.5)
         elif isinstance(module, VeltrixTextUnitEncoder):
             init.normal_(module.position_embedding, std=std)
             init.normal_(module.queries, std=std)
@@ -265,12 +271,13 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         )
         if config.unit_layout == "resampler":
             self.unit_queries = nn.Parameter(torch.zeros(1, config.num_units, config.hidden_size))
+            self.unit_pooling = nn.Parameter(torch.zeros(config.num_units, config.grid_size**2, config.hidden_size))
             self.resampler = VeltrixCrossAttention(
                 config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
             )
             self.readout = VeltrixResamplerReadout(config)
         else:
-            self.unit_queries = None
+            self.unit_queries = self.unit_pooling = None
             self.resampler = None
             self.readout = VeltrixGridReadout(config)
         self.unit_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -361,7 +368,11 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         tokens = grid.flatten(1, 2)  # (N, G·G, H)
         if self.resampler is not None:
             tokens = tokens + grid_positions(self.config.grid_size, self.config.hidden_size, tokens)
-            tokens = self.resampler(self.unit_queries.expand(tokens.shape[0], -1, -1), tokens)
+            # Each query starts from its own learned linear pooling of the patches, then attends to them. Pure
+            # attention pooling starts near uniform, so the units barely depend on where things are and training
+            # sits on the mean frame for about a thousand steps; the linear path carries "where" from the start.
+            queries = self.unit_queries + torch.einsum("uph,nph->nuh", self.unit_pooling, tokens)
+            tokens = self.resampler(queries, tokens)
         units = torch.tanh(self.unit_proj(self.unit_norm(tokens)))
         return units.reshape(b, t, *units.shape[1:])
 
