@@ -13,6 +13,7 @@ import datasets
 import diffusers
 import numpy as np
 import torch
+import torch.nn.functional as F
 import transformers
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm.auto import tqdm
@@ -143,7 +144,7 @@ def evaluate_future_modalities(
     if missing:
         raise ValueError(f"`dataset` must hold the columns {missing} (a speaking, captioning world), got none of them.")
     total_length = context_length + num_future_steps
-    event_hits, eventful, exact, code_hits = [], [], [], []
+    decoded, truth, code_hits = [], [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating future captions and audio"):
         batch = dataset[start : start + batch_size]
         observed = observed_in_dataset(encoder, batch)
@@ -157,28 +158,87 @@ def evaluate_future_modalities(
             output_modalities=tuple(modalities),
         )
         if "text" in modalities:
-            truth = np.array(batch["captions"], dtype=object)[:, context_length:total_length]
-            decoded = np.array(output.captions, dtype=object)
-            event_hits.append(np.vectorize(lambda a, b: caption_event(a) == caption_event(b))(decoded, truth))
-            eventful.append(np.vectorize(lambda b: caption_event(b) != "nothing happens")(truth))
-            exact.append(decoded == truth)
+            truth.append(np.array(batch["captions"], dtype=object)[:, context_length:total_length])
+            decoded.append(np.array(output.captions, dtype=object))
         if "audio" in modalities:
             future_audio = observed["audio_values"][:, context_length:total_length]
             future = encoder(batch["pixel_values"][:, context_length:total_length], audio_values=future_audio)
             code_hits.append((output.audio_codes.cpu() == future.audio_codes.cpu()).float().mean(-1).numpy())
     results: dict = {"num_trajectories": len(dataset), "context_length": context_length, "horizon": num_future_steps}
     if "text" in modalities:
-        hits, events, whole = (np.concatenate(values).astype(bool) for values in (event_hits, eventful, exact))
-        results["caption_event_accuracy"] = float(hits.mean())
-        results["caption_event_accuracy_on_event_steps"] = float(hits[events].mean()) if events.any() else None
-        results["caption_majority_class_rate"] = float(1 - events.mean())
-        results["caption_exact_match"] = float(whole.mean())
-        results["caption_event_accuracy_by_horizon"] = hits.mean(0).tolist()
+        results |= caption_scores(np.concatenate(decoded), np.concatenate(truth))
     if "audio" in modalities:
         codes = np.concatenate(code_hits)
         results["audio_code_accuracy"] = float(codes.mean())
         results["audio_code_accuracy_by_horizon"] = codes.mean(0).tolist()
     return results
+
+
+def caption_scores(decoded: np.ndarray, truth: np.ndarray) -> dict:
+    """Decoded vs true world captions, arrays of strings of one shape `(N, H)` (steps by horizon, or `(N, 1)`).
+
+    Returns the accuracy of the event clause (`caption_event`), on all steps and on the steps where something
+    happens, the majority-class rate ("nothing happens") for reference, the exact-match rate of whole captions and the
+    event accuracy per column (horizon).
+    """
+    hits = np.vectorize(lambda a, b: caption_event(a) == caption_event(b), otypes=[bool])(decoded, truth)
+    eventful = np.vectorize(lambda b: caption_event(b) != "nothing happens", otypes=[bool])(truth)
+    return {
+        "caption_event_accuracy": float(hits.mean()),
+        "caption_event_accuracy_on_event_steps": float(hits[eventful].mean()) if eventful.any() else None,
+        "caption_majority_class_rate": float(1 - eventful.mean()),
+        "caption_exact_match": float((decoded == truth).mean()),
+        "caption_event_accuracy_by_horizon": hits.mean(0).tolist(),
+    }
+
+
+def retrieval_r1(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`(N, E)` x `(N, E)` -> `(N,)` int64: for each query, the index of its most similar key (cosine)."""
+    similarity = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T
+    return similarity.argmax(-1)
+
+
+@torch.no_grad()
+def evaluate_encoded_modalities(encoder, steps: dict[str, torch.Tensor], captions: list[str]) -> dict:
+    """Cross-modal retrieval and read-back on encoded held-out steps of a speaking, captioning world.
+
+    Args:
+        encoder: a multimodal `VeltrixEncoderModel` with text and audio.
+        steps: `pixel_values (N, 1, C, H, W)`, `input_ids`, `attention_mask (N, 1, L)`, `audio_values (N, 1, S)`:
+            `N` steps, each its own length-1 trajectory.
+        captions: the `N` caption strings.
+
+    Returns R@1 of retrieving a step's frame embedding among all `N` from its caption's (and audio's) embedding,
+    against chance `1 / N`; the same counting any frame whose step has the query's exact caption as a hit (several
+    steps can share a caption); the caption read back from the text subspace (`caption_scores`); and the fraction of
+    audio codes recovered exactly from the audio subspace.
+    """
+    encoded = encoder(**steps)
+    # Each embedding reads only its modality's subspace: the blocks are encoded independently and recovered exactly
+    # by the projection, so no modality's embedding sees another's input.
+    embeddings = {name: value[:, 0] for name, value in encoder.embed_for_retrieval(encoded.units).items()}
+    count = len(captions)
+    own = torch.arange(count)
+    caption_array = np.array(captions, dtype=object)
+    text_hits = retrieval_r1(embeddings["text"], embeddings["frames"])
+    audio_hits = retrieval_r1(embeddings["audio"], embeddings["frames"])
+    decoded = np.array([row[0] for row in encoder.generate_captions(encoded.units)], dtype=object)
+    _, codes = encoder.decode_audio(encoded.units)
+    scores = caption_scores(decoded[:, None], caption_array[:, None])
+    scores.pop("caption_event_accuracy_by_horizon")
+    return {
+        "num_held_out_steps": count,
+        "retrieval_chance": 1.0 / count,
+        "retrieval_r1_text_to_frame": float((text_hits == own).float().mean()),
+        "retrieval_r1_audio_to_frame": float((audio_hits == own).float().mean()),
+        "retrieval_r1_text_to_frame_same_caption": float(np.mean(caption_array[text_hits.numpy()] == caption_array)),
+        "distinct_captions": len(set(captions)),
+        **scores,
+        "audio_code_recovery_from_subspace": float((codes == encoded.audio_codes).float().mean()),
+        "decoded_caption_examples": [
+            {"decoded": a, "truth": b} for a, b in list(zip(decoded.tolist(), captions, strict=True))[:6]
+        ],
+    }
 
 
 def rollout_targets(evaluation: RolloutEvaluation, window: int) -> list[dict]:

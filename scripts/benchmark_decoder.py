@@ -79,10 +79,18 @@ def main() -> None:
         "environment": {
             **environment_record(pipeline),
             "shapes": {"frames": list(frames.shape), "units": list(units.shape[-2:])},
-            "data": {"world": world, "split": "held-out", "seed": eval_seed, "trajectories": num_trajectories,
-                     "frames": "every 4th step of each trajectory"},
-            "sampling": {"scheduler": type(pipeline.scheduler).__name__,
-                         "shift": pipeline.scheduler.config.shift, "noise": "standard normal, seed 0"},
+            "data": {
+                "world": world,
+                "split": "held-out",
+                "seed": eval_seed,
+                "trajectories": num_trajectories,
+                "frames": "every 4th step of each trajectory",
+            },
+            "sampling": {
+                "scheduler": type(pipeline.scheduler).__name__,
+                "shift": pipeline.scheduler.config.shift,
+                "noise": "standard normal, seed 0",
+            },
             "weights": "random (quick smoke run)" if args.quick else os.path.abspath(args.pipeline),
         },
         "results": {
@@ -94,8 +102,10 @@ def main() -> None:
     }
     save_report(args.output, report)
     for n, values in per_steps.items():
-        print(f"{n:>3} steps: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.4f}, "
-              f"{values['frames_per_s']['median']:.1f} frames/s")
+        print(
+            f"{n:>3} steps: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.4f}, "
+            f"{values['frames_per_s']['median']:.1f} frames/s"
+        )
 
 
 if __name__ == "__main__":

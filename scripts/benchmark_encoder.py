@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from modeling_veltrix import VeltrixEncoderConfig, VeltrixEncoderModel
-from modeling_veltrix.evaluation import save_report
+from modeling_veltrix.evaluation import evaluate_encoded_modalities, save_report
 from modeling_veltrix.orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
-from modeling_veltrix.worlds import caption_event, get_world
+from modeling_veltrix.worlds import get_world
 
 CAPTION_LENGTH = 192
 
@@ -116,12 +116,6 @@ def train(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], steps: int,
     return history
 
 
-def retrieval_r1(queries: torch.Tensor, keys: torch.Tensor) -> float:
-    """Fraction of queries whose most similar key (cosine) is their own pair."""
-    similarity = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(keys, dim=-1).T
-    return float((similarity.argmax(-1) == torch.arange(len(queries))).float().mean())
-
-
 def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB of frames in [-1, 1] (peak-to-peak 2)."""
     return float(10 * torch.log10(4.0 / torch.mean((prediction.clamp(-1, 1) - target) ** 2)))
@@ -129,43 +123,17 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], captions: np.ndarray) -> dict:
+    """Retrieval and read-back on every held-out step (`evaluate_encoded_modalities`), and the PSNR of the frame
+    readout keeping the first k resampled frame units, per k."""
     model.eval()
     total = data["pixel_values"].shape[0] * data["pixel_values"].shape[1]
     steps = flat_steps(data, torch.arange(total))
-    full = model(**steps)
-    # Each embedding reads only its modality's subspace, and the blocks are encoded independently and recovered
-    # exactly by the projection, so no modality's embedding sees another's input.
-    embeddings = {name: value[:, 0] for name, value in model.embed_for_retrieval(full.units).items()}
-    frame_embedding, text_embedding, audio_embedding = embeddings["frames"], embeddings["text"], embeddings["audio"]
-    chance = 1.0 / total
-    r1_text = retrieval_r1(text_embedding, frame_embedding)
-    r1_audio = retrieval_r1(audio_embedding, frame_embedding)
-
-    decoded = [row[0] for row in model.generate_captions(full.units)]
-    truth = captions.reshape(-1).tolist()
-    correct = np.array([caption_event(a) == caption_event(b) for a, b in zip(decoded, truth, strict=True)])
-    eventful = np.array([caption_event(b) != "nothing happens" for b in truth])
-    exact = float(np.mean([a == b for a, b in zip(decoded, truth, strict=True)]))
-    features, codes = model.decode_audio(full.units)
-    code_recovery = float((codes == full.audio_codes).float().mean())
-
+    results = evaluate_encoded_modalities(model, steps, captions.reshape(-1).tolist())
     psnr_by_units = {}
     for k in range(1, model.config.num_units + 1):
         reconstruction = model.decode_frames(model(steps["pixel_values"], num_units=k).units)
         psnr_by_units[str(k)] = round(psnr(reconstruction, steps["pixel_values"]), 3)
-    return {
-        "num_held_out_steps": total,
-        "retrieval_r1_text_to_frame": r1_text,
-        "retrieval_r1_audio_to_frame": r1_audio,
-        "retrieval_chance": chance,
-        "caption_event_accuracy": float(correct.mean()),
-        "caption_event_accuracy_on_event_steps": float(correct[eventful].mean()) if eventful.any() else None,
-        "caption_exact_match": exact,
-        "caption_majority_class_rate": float(1 - eventful.mean()),
-        "audio_code_recovery_from_subspace": code_recovery,
-        "psnr_by_num_units": psnr_by_units,
-        "decoded_caption_examples": [{"decoded": a, "truth": b} for a, b in list(zip(decoded, truth, strict=True))[:6]],
-    }
+    return {**results, "psnr_by_num_units": psnr_by_units}
 
 
 def main() -> None:

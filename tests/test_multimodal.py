@@ -9,7 +9,12 @@ from conftest import fused_config, fused_inputs, random_frames, randomize_, tiny
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel, VeltrixPipeline
-from modeling_veltrix.evaluation import evaluate_future_modalities
+from modeling_veltrix.evaluation import (
+    caption_scores,
+    evaluate_encoded_modalities,
+    evaluate_future_modalities,
+    retrieval_r1,
+)
 from modeling_veltrix.modeling_veltrix_encoder import identical_rows, info_nce
 from modeling_veltrix.text_units import caption_targets
 from modeling_veltrix.training import VeltrixTrainingRecipe, build_datasets, train_stage
@@ -196,3 +201,47 @@ def test_future_modalities_evaluation(tmp_path, tiny_pipeline):
     assert 0.0 <= results["audio_code_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="encoder"):
         evaluate_future_modalities(tiny_pipeline, held_out, context_length=2, num_future_steps=3)
+
+
+def test_retrieval_picks_the_most_similar_key():
+    keys = torch.eye(4)
+    queries = torch.tensor([[1.0, 0.1, 0, 0], [0, 0, 0, 2.0], [0, 0, 3.0, 0.5], [0, 1.0, 0, 0]])
+    assert retrieval_r1(queries, keys).tolist() == [0, 3, 2, 1]
+
+
+def test_caption_scores():
+    truth = np.array(
+        [["nothing happens. red is top.", "the red ball hits the top wall. red is top."]] * 2, dtype=object
+    )
+    decoded = np.array(
+        [
+            ["nothing happens. red is left.", "the red ball hits the top wall. red is top."],
+            ["the red ball hits the left wall. red is top.", "nothing happens. red is top."],
+        ],
+        dtype=object,
+    )
+    scores = caption_scores(decoded, truth)
+    assert scores["caption_event_accuracy"] == 0.5
+    assert scores["caption_event_accuracy_on_event_steps"] == 0.5
+    assert scores["caption_majority_class_rate"] == 0.5
+    assert scores["caption_exact_match"] == 0.25
+    assert scores["caption_event_accuracy_by_horizon"] == [0.5, 0.5]
+
+
+def test_encoded_modalities_evaluation(tmp_path):
+    recipe = speaking_recipe(tmp_path)
+    _, held_out = build_datasets(recipe)
+    window = held_out[0]["audio_values"].shape[-1]
+    encoder = randomize_(VeltrixEncoderModel(fused_config(audio_window=window))).eval()
+    data = held_out[:]
+    steps = {
+        name: data[name].flatten(0, 1)[:, None]
+        for name in ("pixel_values", "input_ids", "attention_mask", "audio_values")
+    }
+    captions = [c for row in data["captions"] for c in row]
+    results = evaluate_encoded_modalities(encoder, steps, captions)
+    assert results["num_held_out_steps"] == len(captions) == 12
+    assert results["retrieval_chance"] == pytest.approx(1 / 12)
+    assert results["retrieval_r1_text_to_frame_same_caption"] >= results["retrieval_r1_text_to_frame"]
+    assert results["distinct_captions"] == len(set(captions))
+    assert results["audio_code_recovery_from_subspace"] == 1.0  # D_audio inverts φ_audio exactly
