@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from modeling_veltrix.evaluation import (
     environment_record,
+    evaluate_encoded_modalities,
     evaluate_future_modalities,
     evaluate_rollouts,
     rollout_targets,
@@ -105,6 +106,25 @@ def reload_check(pipeline_dir: str, check_file: str) -> None:
         raise SystemExit(f"The reloaded pipeline did not reproduce the rollout:\n{result.stderr[-3000:]}")
 
 
+def evaluate_modalities(pipeline, held_out, recipe: VeltrixTrainingRecipe) -> dict:
+    """For a multimodal preset: retrieval and read-back on every encoded held-out step, and captions and audio read
+    from the evolved states of the first `rollout_window` future steps."""
+    data = held_out[:]
+    names = ("pixel_values", "input_ids", "attention_mask", "audio_values")
+    steps = {name: data[name].flatten(0, 1)[:, None] for name in names}
+    captions = [caption for row in data["captions"] for caption in row]
+    results = {
+        "encoded_modalities": evaluate_encoded_modalities(pipeline.encoder, steps, captions),
+        "future_modalities": evaluate_future_modalities(
+            pipeline, held_out, recipe.context_length, recipe.rollout_window
+        ),
+    }
+    for name, values in results.items():
+        shown = {key: value for key, value in values.items() if not isinstance(value, list)}
+        print(f"[veltrix] {name}: {shown}")
+    return results
+
+
 def main() -> None:
     args = parse_args()
     started = time.time()
@@ -159,9 +179,7 @@ def main() -> None:
         "targets": rollout_targets(evaluation, recipe.rollout_window),
     }
     if encoder.config.is_fused:
-        future = evaluate_future_modalities(pipeline, held_out, recipe.context_length, recipe.rollout_window)
-        metrics["results"]["future_modalities"] = future
-        print(f"[veltrix] captions and audio read from evolved states: {future}")
+        metrics["results"] |= evaluate_modalities(pipeline, held_out, recipe)
     save_rollout_gif(
         evaluation.true_frames[:4], evaluation.predicted_frames[:4], os.path.join(args.output_dir, "rollout.gif")
     )

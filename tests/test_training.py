@@ -91,8 +91,11 @@ def test_stages_train_their_component_only(tmp_path, tiny_dataset):
 
 def test_reflow_pairs_are_the_teachers_samples(tiny_dataset):
     torch.manual_seed(0)
-    models = (VeltrixEncoderModel(tiny_encoder_config()), VeltrixEvolverModel(tiny_evolver_config()),
-              randomize_(tiny_decoder(), std=0.05))
+    models = (
+        VeltrixEncoderModel(tiny_encoder_config()),
+        VeltrixEvolverModel(tiny_evolver_config()),
+        randomize_(tiny_decoder(), std=0.05),
+    )
     pipeline = VeltrixPipeline(*models, scheduler=FlowMatchEulerDiscreteScheduler())
     recipe = tiny_recipe()
     pairs = build_reflow_pairs(pipeline, tiny_dataset, recipe)
@@ -123,12 +126,16 @@ def test_stage_recipe_from_dict():
     assert isinstance(recipe.evolver, VeltrixStageRecipe) and recipe.evolver.max_steps == 7
 
 
-def test_demo_end_to_end(tmp_path):
-    """The README's main job on a tiny recipe: trains, evaluates, writes the GIF/plot/metrics, reloads."""
+@pytest.mark.parametrize("preset_name", ["veltrix-tiny", "veltrix-tiny-speaking"])
+def test_demo_end_to_end(tmp_path, preset_name):
+    """The README's main job on a tiny recipe: trains, evaluates, writes the GIF/plot/metrics, reloads; the speaking
+    preset also reads captions and audio back from encoded and evolved states."""
     preset = tmp_path / "preset"
-    shutil.copytree(REPO / "configuration" / "veltrix-tiny", preset)
+    shutil.copytree(REPO / "configuration" / preset_name, preset)
     stage = {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 0, "save_steps": 2}
+    world_options = json.loads((preset / "recipe.json").read_text()).get("world_options", {})
     recipe = VeltrixTrainingRecipe(
+        world_options=world_options,
         num_train_trajectories=8,
         num_eval_trajectories=3,
         trajectory_length=10,
@@ -173,6 +180,10 @@ def test_demo_end_to_end(tmp_path):
     for space in ("pixel_mse", "latent_mse"):
         assert set(metrics["results"][space]) == {"veltrix", "copy_last", "mean_frame"}
         assert all(len(v) == 6 for v in metrics["results"][space].values())  # 3 x the window of 2
+    if preset_name == "veltrix-tiny-speaking":
+        encoded, future = metrics["results"]["encoded_modalities"], metrics["results"]["future_modalities"]
+        assert encoded["num_held_out_steps"] == 3 * 10 and encoded["audio_code_recovery_from_subspace"] == 1.0
+        assert len(future["caption_event_accuracy_by_horizon"]) == len(future["audio_code_accuracy_by_horizon"]) == 2
     gif = Image.open(out / "rollout.gif")
     assert gif.n_frames == 6 and gif.size == (3 * 32 * 4, 3 * 32 * 4)
     assert (out / "error_vs_horizon.png").stat().st_size > 0
