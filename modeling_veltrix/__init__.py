@@ -15,9 +15,11 @@ from .hub_repository import VeltrixRepositoryError
 from .modeling_veltrix_decoder import VeltrixDecoderModel, VeltrixDecoderOutput, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel, VeltrixEncoderOutput
 from .modeling_veltrix_evolver import (
+    VeltrixCounterfactualRolloutOutput,
     VeltrixEvolverCache,
     VeltrixEvolverModel,
     VeltrixEvolverOutput,
+    VeltrixIntervention,
     VeltrixRolloutOutput,
 )
 from .pipeline_veltrix import VeltrixPipeline, VeltrixPipelineOutput, VeltrixWorldModel
@@ -42,6 +44,7 @@ PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VeltrixWorldRolloutPipe
 
 __all__ = [
     "TASK",
+    "VeltrixCounterfactualRolloutOutput",
     "VeltrixDecoderModel",
     "VeltrixDecoderOutput",
     "VeltrixEncoderConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "VeltrixEvolverConfig",
     "VeltrixEvolverModel",
     "VeltrixEvolverOutput",
+    "VeltrixIntervention",
     "VeltrixPipeline",
     "VeltrixPipelineOutput",
     "VeltrixRepositoryError",

@@ -686,6 +686,33 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         grid = regular_timestamps(b, t, interval, context)
         return grid, lambda k: torch.full((b,), t - 1 + k, dtype=context.dtype, device=context.device) * interval
 
+    def check_rollout_mode(
+        self,
+        mode: str | None,
+        conditions: torch.Tensor | None,
+        interventions: object,
+        batch_size: int,
+        num_steps: int,
+    ) -> tuple[str, list[VeltrixIntervention]]:
+        """Checks `rollout`'s `mode` against its `conditions` and `interventions` (see `rollout` for the default
+        mode); returns the mode and the interventions as a list (empty unless the mode is counterfactual)."""
+        if mode is None:
+            mode = (
+                "counterfactual" if interventions is not None else "conditional" if conditions is not None else "free"
+            )
+        if mode not in EVOLUTION_MODES:
+            raise ValueError(f"`mode` must be one of {EVOLUTION_MODES}, got {mode!r}.")
+        if mode == "free" and conditions is not None:
+            raise ValueError("`conditions` must be None for mode='free' (the null condition drives it).")
+        if mode == "conditional" and conditions is None:
+            raise ValueError("`conditions` of shape (B, T + num_steps, A) are required for mode='conditional'.")
+        if mode == "counterfactual" and interventions is None:
+            raise ValueError("`interventions` are required for mode='counterfactual'.")
+        if mode != "counterfactual" and interventions is not None:
+            raise ValueError(f"`interventions` are only used by mode='counterfactual', got mode={mode!r}.")
+        edits = self._check_interventions(interventions, batch_size, num_steps) if mode == "counterfactual" else []
+        return mode, edits
+
     def _check_interventions(self, interventions: object, batch_size: int, num_steps: int) -> list[VeltrixIntervention]:
         """Checks `rollout`'s interventions (one or a sequence); returns them as a list."""
         items = [interventions] if isinstance(interventions, VeltrixIntervention) else interventions
@@ -783,23 +810,9 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         Returns:
             [`VeltrixRolloutOutput`], or [`VeltrixCounterfactualRolloutOutput`] for `mode="counterfactual"`.
         """
-        if mode is None:
-            mode = (
-                "counterfactual" if interventions is not None else "conditional" if conditions is not None else "free"
-            )
-        if mode not in EVOLUTION_MODES:
-            raise ValueError(f"`mode` must be one of {EVOLUTION_MODES}, got {mode!r}.")
-        if mode == "free" and conditions is not None:
-            raise ValueError("`conditions` must be None for mode='free' (the null condition drives it).")
-        if mode == "conditional" and conditions is None:
-            raise ValueError("`conditions` of shape (B, T + num_steps, A) are required for mode='conditional'.")
-        if mode == "counterfactual" and interventions is None:
-            raise ValueError("`interventions` are required for mode='counterfactual'.")
-        if mode != "counterfactual" and interventions is not None:
-            raise ValueError(f"`interventions` are only used by mode='counterfactual', got mode={mode!r}.")
         self._check_rollout_inputs(context, num_steps, conditions, timestamps)
         b, t = context.shape[:2]
-        edits = self._check_interventions(interventions, b, num_steps) if mode == "counterfactual" else []
+        mode, edits = self.check_rollout_mode(mode, conditions, interventions, b, num_steps)
         if timestamps is None:
             timestamps = regular_timestamps(b, t + num_steps, self.config.dt_reference, context)
         context_times, time_at = self._rollout_times(context, timestamps)

@@ -65,6 +65,11 @@ class VeltrixPipelineOutput(BaseOutput):
             `output_modalities`, the audio features read from the audio subspace (`D_audio`).
         audio_codes (`torch.Tensor` of shape `(B, num_future_steps, K)`, *optional*): the nearest code of each
             codebook to those features.
+        counterfactual_frames, counterfactual_units (*optional*): with `mode="counterfactual"`, the frames (same
+            format as `frames`, decoded from the same noise) and units of the branch edited by the interventions;
+            `frames` and `units` are then the factual branch.
+        divergence (`torch.Tensor` of shape `(B, num_future_steps)`, *optional*): with `mode="counterfactual"`, the
+            root-mean-square difference of the two branches' units per step.
     """
 
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
@@ -73,6 +78,9 @@ class VeltrixPipelineOutput(BaseOutput):
     captions: list[list[str]] | None = None
     audio_features: torch.Tensor | None = None
     audio_codes: torch.Tensor | None = None
+    counterfactual_frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None = None
+    counterfactual_units: torch.Tensor | None = None
+    divergence: torch.Tensor | None = None
 
 
 class VeltrixPipeline(DiffusionPipeline):
@@ -229,6 +237,8 @@ class VeltrixPipeline(DiffusionPipeline):
         num_inference_steps: int,
         output_type: str,
         output_modalities: tuple[str, ...] = ("frames",),
+        mode: str | None = None,
+        interventions: object = None,
     ) -> None:
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -237,6 +247,7 @@ class VeltrixPipeline(DiffusionPipeline):
         check_step_count("num_inference_steps", num_inference_steps)
         self.encoder.check_pixel_values(frames)
         b, t = frames.shape[:2]
+        self.evolver.check_rollout_mode(mode, actions, interventions, b, num_future_steps)
         if actions is not None:
             check_shape("actions", actions, (b, t + num_future_steps, self.evolver.config.action_dim))
             check_finite("actions", actions)
@@ -305,12 +316,15 @@ class VeltrixPipeline(DiffusionPipeline):
         last_context_frame: torch.Tensor,
         num_inference_steps: int,
         generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Frames (B·n, C, H, W) for rolled-out units (B, n, U, D): all steps in one batch, or, for a decoder with
         `temporal_context`, step by step in time (batched over trajectories), each conditioned on the frame
-        decoded before it (the last context frame (B, C, H, W) for the first)."""
+        decoded before it (the last context frame (B, C, H, W) for the first). The noise is `latents`
+        (B·n, C, H, W) when given, else drawn with `generator`."""
         b, n = units.shape[:2]
-        latents = self.prepare_latents(b * n, units.dtype, units.device, generator)
+        if latents is None:
+            latents = self.prepare_latents(b * n, units.dtype, units.device, generator)
         if not self.decoder.config.temporal_context:
             return self.decode_units(units.flatten(0, 1), num_inference_steps, latents=latents)
         latents, decoded = latents.reshape(b, n, *latents.shape[1:]), []
@@ -339,6 +353,8 @@ class VeltrixPipeline(DiffusionPipeline):
         audio_codes: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
         output_modalities: tuple[str, ...] = ("frames",),
+        mode: str | None = None,
+        interventions: object = None,
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
@@ -361,6 +377,12 @@ class VeltrixPipeline(DiffusionPipeline):
             output_modalities (`tuple[str, ...]`, defaults to `("frames",)`): what to read back from every evolved
                 future state: `"frames"` (the flow decoder), `"audio"` (features and codes through `D_audio`),
                 `"text"` (captions through the caption head). Text and audio need an encoder that models them.
+            mode (`str`, *optional*): the evolution mode, `"free"`, `"conditional"` or `"counterfactual"` (see
+                `VeltrixEvolverModel.rollout`); by default counterfactual when `interventions` are given, conditional
+                when `actions` are, else free.
+            interventions ([`VeltrixIntervention`] or a list of them, *optional*): the edits of the counterfactual
+                branch (replacement future actions and/or a state impulse from a future step on). Both branches are
+                rendered from the same noise, so their frames differ only by the intervention's effect.
 
         Examples:
 
@@ -376,7 +398,15 @@ class VeltrixPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
         self.check_inputs(
-            frames, actions, timestamps, num_future_steps, num_inference_steps, output_type, output_modalities
+            frames,
+            actions,
+            timestamps,
+            num_future_steps,
+            num_inference_steps,
+            output_type,
+            output_modalities,
+            mode,
+            interventions,
         )
         device = self._execution_device
         frames = frames.to(device=device, dtype=self.encoder.dtype)
@@ -396,26 +426,39 @@ class VeltrixPipeline(DiffusionPipeline):
         }
 
         context = self.encoder(frames, **observed).units
-        rollout = self.evolver.rollout(context, num_future_steps, conditions=actions, timestamps=timestamps)
+        rollout = self.evolver.rollout(
+            context,
+            num_future_steps,
+            conditions=actions,
+            timestamps=timestamps,
+            mode=mode,
+            interventions=interventions,
+        )
         units = rollout.units
+        counterfactual_units = getattr(rollout, "counterfactual_units", None)
         captions = future_audio_features = future_audio_codes = None
         if "text" in output_modalities:
             captions = self.encoder.generate_captions(units.to(self.encoder.dtype))
         if "audio" in output_modalities:
             future_audio_features, future_audio_codes = self.encoder.decode_audio(units.to(self.encoder.dtype))
-        if output_type == "latent" or "frames" not in output_modalities:
-            images = None
-        else:
+        images = counterfactual_images = None
+        if output_type != "latent" and "frames" in output_modalities:
             b, n = units.shape[:2]
-            decoded = self.decode_rollout(units.to(self.decoder.dtype), frames[:, -1], num_inference_steps, generator)
-            processed = self.image_processor.postprocess(decoded, output_type=output_type)
-            if output_type == "pil":
-                images = [processed[i * n : (i + 1) * n] for i in range(b)]
-            else:
-                images = processed.reshape(b, n, *processed.shape[1:])
+            latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
+            images = self.render_rollout(units, frames[:, -1], num_inference_steps, latents, output_type)
+            if counterfactual_units is not None:
+                counterfactual_images = self.render_rollout(
+                    counterfactual_units, frames[:, -1], num_inference_steps, latents, output_type
+                )
         self.maybe_free_model_hooks()
+        counterfactual = {
+            "counterfactual_frames": counterfactual_images,
+            "counterfactual_units": counterfactual_units,
+            "divergence": getattr(rollout, "divergence", None),
+        }
         if not return_dict:
-            extras = (captions, future_audio_features, future_audio_codes)  # those asked for, in this order
+            # Those asked for, in this order.
+            extras = (captions, future_audio_features, future_audio_codes, *counterfactual.values())
             return images, units, rollout.timestamps, *(value for value in extras if value is not None)
         return VeltrixPipelineOutput(
             frames=images,
@@ -424,7 +467,27 @@ class VeltrixPipeline(DiffusionPipeline):
             captions=captions,
             audio_features=future_audio_features,
             audio_codes=future_audio_codes,
+            **counterfactual,
         )
+
+    def render_rollout(
+        self,
+        units: torch.Tensor,
+        last_context_frame: torch.Tensor,
+        num_inference_steps: int,
+        latents: torch.Tensor,
+        output_type: str,
+    ) -> list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor:
+        """Rolled-out units (B, n, U, D) -> their frames from the noise `latents` (B·n, C, H, W), in `output_type`
+        (`"pil"`: B lists of n images; `"np"` / `"pt"`: (B, n, ...) in [0, 1])."""
+        b, n = units.shape[:2]
+        decoded = self.decode_rollout(
+            units.to(self.decoder.dtype), last_context_frame, num_inference_steps, latents=latents
+        )
+        processed = self.image_processor.postprocess(decoded, output_type=output_type)
+        if output_type == "pil":
+            return [processed[i * n : (i + 1) * n] for i in range(b)]
+        return processed.reshape(b, n, *processed.shape[1:])
 
 
 class VeltrixWorldModel(PreTrainedModel):
@@ -503,6 +566,8 @@ class VeltrixWorldModel(PreTrainedModel):
         audio_codes: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
         output_modalities: tuple[str, ...] = ("frames",),
+        mode: str | None = None,
+        interventions: object = None,
     ) -> VeltrixPipelineOutput:
         """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`] (see
         `VeltrixPipeline.__call__`)."""
@@ -520,6 +585,8 @@ class VeltrixWorldModel(PreTrainedModel):
             audio_codes=audio_codes,
             audio_features=audio_features,
             output_modalities=output_modalities,
+            mode=mode,
+            interventions=interventions,
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:

@@ -13,7 +13,7 @@ from conftest import IMAGE_SIZE, random_frames, randomize_
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
-from modeling_veltrix import VeltrixDecoderModel, VeltrixPipeline
+from modeling_veltrix import VeltrixDecoderModel, VeltrixIntervention, VeltrixPipeline
 
 
 def call(pipe, seed=0, **kwargs):
@@ -145,3 +145,31 @@ def test_decode_units_and_scheduler_validation(tiny_pipeline):
     with pytest.raises(ValueError, match="scheduler"):
         VeltrixPipeline(encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=tiny_pipeline.decoder,
                         scheduler=DDPMScheduler())
+
+
+def test_counterfactual_rollout_renders_both_branches_from_the_same_noise(tiny_pipeline):
+    actions = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(3))
+    edited = VeltrixIntervention(step=1, conditions=torch.full((2, 2, 2), 3.0))
+    out = call(tiny_pipeline, actions=actions, interventions=edited, output_type="pt")
+    factual = call(tiny_pipeline, actions=actions, output_type="pt")
+    torch.testing.assert_close(out.frames, factual.frames)
+    torch.testing.assert_close(out.units, factual.units)
+    assert out.counterfactual_frames.shape == out.frames.shape and out.divergence.shape == (2, 3)
+    # The intervention acts from future step 1 on: step 0 is the same in both branches, frames included.
+    torch.testing.assert_close(out.counterfactual_frames[:, 0], out.frames[:, 0])
+    assert (out.counterfactual_frames[:, 1:] - out.frames[:, 1:]).abs().max() > 1e-4
+    assert out.divergence[:, 0].abs().max() == 0 and out.divergence[:, 1:].min() > 0
+    assert factual.counterfactual_frames is None and factual.divergence is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"mode": "dream"}, "mode"),
+        ({"mode": "counterfactual"}, "interventions"),
+        ({"interventions": VeltrixIntervention(step=5, state_delta=torch.zeros(2, 16, 8))}, "step"),
+    ],
+)
+def test_bad_evolution_mode_arguments(tiny_pipeline, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        call(tiny_pipeline, output_type="latent", **kwargs)
