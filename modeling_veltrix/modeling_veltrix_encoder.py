@@ -82,6 +82,17 @@ def grid_positions(grid_size: int, hidden_size: int, like: torch.Tensor) -> torc
     return positions.to(like.dtype)[None]
 
 
+def trim_caption_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(..., L)` caption bytes and mask cut after the last kept byte of any caption plus one (its end byte), as int64.
+
+    Exact for the text encoder (it masks padding) and for the caption loss (it ignores the bytes after each end
+    byte), and saves most of their compute: captions are far shorter than `text_max_length`.
+    """
+    positions = torch.arange(1, input_ids.shape[-1] + 1, device=input_ids.device)
+    length = min(input_ids.shape[-1], int((attention_mask * positions).max()) + 1)
+    return input_ids[..., :length].long(), attention_mask[..., :length]
+
+
 def patchify(frames: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, H/p · W/p, p · p · C), patches in row-major order."""
     n, c, h, w = frames.shape
@@ -394,6 +405,16 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         self.check_units(units)
         return self.fusion.decompose(units, self.modality_slots)
 
+    def caption_loss(self, units: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Byte cross-entropy of the caption head reading the text subspace of units `(B, T, U, D)` (encoded or
+        evolved) against the captions `input_ids`, `attention_mask (B, T, L)`, teacher-forced; the bytes after each
+        caption's end byte are ignored."""
+        self._require_modality("text", "caption_loss")
+        input_ids, _ = trim_caption_padding(input_ids, attention_mask)
+        logits = self.caption_head(self.decompose(units)["text"].flatten(0, 1), input_ids.flatten(0, 1))
+        targets = caption_targets(input_ids.flatten(0, 1)).flatten()
+        return F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100)
+
     def generate_captions(self, units: torch.Tensor) -> list[list[str]]:
         """Captions read from the text subspace of units `(B, T, U, D)` (encoded or evolved): `B` lists of `T`
         strings, decoded greedily byte by byte up to the end byte."""
@@ -556,11 +577,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         # `full` keeps every unit (alignment is learned on it, as retrieval reads it); `parts` is what gets fused.
         full = {"frames": self.encode_units(pixel_values).flatten(0, 1)}  # (N, U, d_frames), N = B·T
         if input_ids is not None:
-            # Bytes past the longest caption and its end byte are padding that neither the text encoder (masked)
-            # nor the caption loss (ignored) sees: cut them, which is exact and saves most of the text compute.
-            positions = torch.arange(1, input_ids.shape[-1] + 1, device=input_ids.device)
-            length = min(input_ids.shape[-1], int((attention_mask * positions).max()) + 1)
-            input_ids, attention_mask = input_ids[..., :length].long(), attention_mask[..., :length]
+            input_ids, attention_mask = trim_caption_padding(input_ids, attention_mask)
             full["text"] = self.text_encoder(input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
         parts = {**full, "frames": self._keep_first_units(full["frames"], num_units)}
         tokenizer_loss = None
@@ -584,10 +601,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             loss_terms = {"frames": F.mse_loss(reconstruction, pixel_values)}
             loss = loss_terms["frames"]
             if input_ids is not None:
-                text_part = self.decompose(units)["text"].flatten(0, 1)
-                logits = self.caption_head(text_part, input_ids.flatten(0, 1))  # (N, L', 256)
-                targets = caption_targets(input_ids.flatten(0, 1)).flatten()
-                loss_terms["text"] = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100)
+                loss_terms["text"] = self.caption_loss(units, input_ids, attention_mask)
                 loss = loss + config.text_loss_weight * loss_terms["text"]
             if tokenizer_loss is not None:
                 loss_terms["audio"] = tokenizer_loss

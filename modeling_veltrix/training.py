@@ -60,7 +60,9 @@ class VeltrixTrainingRecipe:
     off) weighs the Lyapunov-like regulariser `modeling_veltrix_evolver.lyapunov_penalty` on that rollout, with a
     context perturbation of relative size `stability_perturbation`. `time_consistency_weight` (default 0: off) weighs
     the same window rolled out at twice the frame rate (`modeling_veltrix_evolver.midpoint_rollout`), which teaches
-    rollouts at other frame rates.
+    rollouts at other frame rates. With an encoder that models text and a world with captions, `caption_loss_weight`
+    weighs the frozen caption head's cross-entropy on the predicted states' text subspace against the true captions
+    (the text counterpart of the pixel loss): latent MSE alone regresses a future event to the mean, "nothing happens".
     """
 
     world: str = "bouncing_balls"
@@ -79,6 +81,7 @@ class VeltrixTrainingRecipe:
     stability_weight: float = 0.0
     stability_perturbation: float = 1e-2
     time_consistency_weight: float = 0.0
+    caption_loss_weight: float = 1.0
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
     decoder_loss_weighting: str = "none"
@@ -112,7 +115,7 @@ class VeltrixTrainingRecipe:
                 f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "
                 f"got {self.decoder_frames_per_trajectory}."
             )
-        for name in ("stability_weight", "time_consistency_weight"):
+        for name in ("stability_weight", "time_consistency_weight", "caption_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.stability_perturbation <= 0:
@@ -197,12 +200,21 @@ class VeltrixEvolverStage(nn.Module):
         return self
 
     def _state_loss(
-        self, predicted: torch.Tensor, target_units: torch.Tensor, target_frames: torch.Tensor
+        self,
+        predicted: torch.Tensor,
+        target_units: torch.Tensor,
+        target_frames: torch.Tensor,
+        target_captions: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Latent MSE + pixel MSE of the frozen readout of predicted units (B, T, U, D) vs frames (B, T, C, H, W)."""
+        """Latent MSE + pixel MSE of the frozen readout of predicted units (B, T, U, D) vs frames (B, T, C, H, W),
+        + with `target_captions` (`input_ids`, `attention_mask` (B, T, L)) the frozen caption head's cross-entropy
+        on the predicted text subspace."""
         latent = F.mse_loss(predicted, target_units)
         pixel = F.mse_loss(self.encoder.decode_frames(predicted), target_frames)
-        return self.recipe.latent_loss_weight * latent + self.recipe.pixel_loss_weight * pixel
+        loss = self.recipe.latent_loss_weight * latent + self.recipe.pixel_loss_weight * pixel
+        if target_captions is not None and self.recipe.caption_loss_weight:
+            loss = loss + self.recipe.caption_loss_weight * self.encoder.caption_loss(predicted, *target_captions)
+        return loss
 
     def forward(
         self,
@@ -219,8 +231,15 @@ class VeltrixEvolverStage(nn.Module):
         observed = observed_modalities(self.encoder, input_ids, attention_mask, audio_values)
         with torch.no_grad():
             units = self.encoder(pixel_values, **observed).units
+
+        def captions(steps: slice) -> tuple[torch.Tensor, torch.Tensor] | None:
+            """The observed captions of `steps`, targets of the predicted text subspace (None without text)."""
+            if "input_ids" not in observed:
+                return None
+            return observed["input_ids"][:, steps], observed["attention_mask"][:, steps]
+
         teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
-        teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:])
+        teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
 
         context, window = recipe.context_length, recipe.rollout_window
         start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
@@ -231,9 +250,8 @@ class VeltrixEvolverStage(nn.Module):
             conditions=actions[:, start:end],
             timestamps=timestamps[:, start:end],
         )
-        open_loop_loss = self._state_loss(
-            rollout.units, units[:, start + context : end], pixel_values[:, start + context : end]
-        )
+        future = slice(start + context, end)
+        open_loop_loss = self._state_loss(rollout.units, units[:, future], pixel_values[:, future], captions(future))
         loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
         if recipe.stability_weight:
             penalty = lyapunov_penalty(
@@ -253,9 +271,7 @@ class VeltrixEvolverStage(nn.Module):
                 conditions=actions[:, start:end],
                 timestamps=timestamps[:, start:end],
             )
-            consistency = self._state_loss(
-                midpoints, units[:, start + context : end], pixel_values[:, start + context : end]
-            )
+            consistency = self._state_loss(midpoints, units[:, future], pixel_values[:, future], captions(future))
             loss = loss + recipe.time_consistency_weight * consistency
         return {"loss": loss}
 

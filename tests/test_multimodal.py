@@ -17,7 +17,7 @@ from modeling_veltrix.evaluation import (
 )
 from modeling_veltrix.modeling_veltrix_encoder import identical_rows, info_nce
 from modeling_veltrix.text_units import caption_targets
-from modeling_veltrix.training import VeltrixTrainingRecipe, build_datasets, train_stage
+from modeling_veltrix.training import VeltrixEvolverStage, VeltrixTrainingRecipe, build_datasets, train_stage
 from modeling_veltrix.worlds import caption_event
 
 UNIT_DIM, FRAME_DIM = 16, 8
@@ -245,3 +245,22 @@ def test_encoded_modalities_evaluation(tmp_path):
     assert results["retrieval_r1_text_to_frame_same_caption"] >= results["retrieval_r1_text_to_frame"]
     assert results["distinct_captions"] == len(set(captions))
     assert results["audio_code_recovery_from_subspace"] == 1.0  # D_audio inverts φ_audio exactly
+
+
+def test_evolver_stage_adds_the_caption_loss_of_predicted_states(tmp_path):
+    recipe = speaking_recipe(tmp_path)
+    train, _ = build_datasets(recipe)
+    window = train[0]["audio_values"].shape[-1]
+    encoder = randomize_(VeltrixEncoderModel(fused_config(audio_window=window)))
+    stage = VeltrixEvolverStage(encoder, VeltrixEvolverModel(tiny_evolver_config(unit_dim=UNIT_DIM)), recipe)
+    columns = ("pixel_values", "timestamps", "actions", "input_ids", "attention_mask", "audio_values")
+    batch = {name: train[:2][name] for name in columns}
+    losses = {}
+    for weight in (0.0, 1.0):
+        recipe.caption_loss_weight = weight
+        torch.manual_seed(0)
+        losses[weight] = stage(**batch)["loss"].item()
+    torch.manual_seed(0)
+    without_captions = stage(**{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")})["loss"]
+    assert losses[1.0] > losses[0.0] + 1.0  # byte cross-entropy of an untrained head: several nats
+    assert without_captions.item() != losses[1.0]
