@@ -88,12 +88,12 @@ def test_pipeline_reads_every_modality_back_from_the_evolved_states():
     features, codes = pipe.encoder.decode_audio(out.units)
     assert out.audio_features.shape == (2, 2, 2, 3) and torch.equal(out.audio_features, features)
     assert out.audio_codes.shape == (2, 2, 2) and torch.equal(out.audio_codes, codes)
-    # The decoder reads the frame subspace only: the same frames come from the frame block alone.
-    frames_only = pipe(
+    # Without "frames", nothing is rendered; the captions are the same.
+    text_only = pipe(
         inputs["pixel_values"], **context, num_future_steps=2, output_type="latent", output_modalities=("text",)
     )
-    assert frames_only.frames is None and frames_only.audio_codes is None
-    assert frames_only.captions == out.captions
+    assert text_only.frames is None and text_only.audio_codes is None
+    assert text_only.captions == out.captions
 
 
 def test_pipeline_decoder_reads_only_the_frame_subspace():
