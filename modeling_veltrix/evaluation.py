@@ -19,7 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tqdm.auto import tqdm
 
 from .pipeline_veltrix import VeltrixPipeline
-from .training import observed_modalities, write_json_atomic
+from .training import MODALITY_COLUMNS, observed_modalities, write_json_atomic
 from .worlds import caption_event
 
 PREDICTORS = ("veltrix", "copy_last", "mean_frame")
@@ -72,7 +72,7 @@ def evaluate_rollouts(
         batch = dataset[start : start + batch_size]
         frames = batch["pixel_values"][:, :total_length]
         context, future = frames[:, :context_length], frames[:, context_length:]
-        observed = observed_in_dataset(encoder, batch)
+        observed = observed_modalities(encoder, batch)
         context_observed = {name: value[:, :context_length] for name, value in observed.items()}
         future_observed = {name: value[:, context_length:total_length] for name, value in observed.items()}
         output = pipeline(
@@ -113,11 +113,6 @@ def evaluate_rollouts(
     )
 
 
-def observed_in_dataset(encoder, batch: dict) -> dict[str, torch.Tensor]:
-    """The caption and audio columns of a world batch that `encoder` models (none for a frames-only encoder)."""
-    return observed_modalities(encoder, batch.get("input_ids"), batch.get("attention_mask"), batch.get("audio_values"))
-
-
 @torch.no_grad()
 def evaluate_future_modalities(
     pipeline: VeltrixPipeline,
@@ -139,7 +134,7 @@ def evaluate_future_modalities(
     modalities = [m for m in ("text", "audio") if m in encoder.config.modalities]
     if not modalities:
         raise ValueError(f"`pipeline.encoder` must model text or audio, got modalities {encoder.config.modalities}.")
-    needed = {"text": ("captions", "input_ids", "attention_mask"), "audio": ("audio_values",)}
+    needed = {"text": ("captions", *MODALITY_COLUMNS["text"]), "audio": MODALITY_COLUMNS["audio"]}
     missing = [column for m in modalities for column in needed[m] if column not in dataset.column_names]
     if missing:
         raise ValueError(f"`dataset` must hold the columns {missing} (a speaking, captioning world), got none of them.")
@@ -147,7 +142,7 @@ def evaluate_future_modalities(
     decoded, truth, code_hits = [], [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="evaluating future captions and audio"):
         batch = dataset[start : start + batch_size]
-        observed = observed_in_dataset(encoder, batch)
+        observed = observed_modalities(encoder, batch)
         output = pipeline(
             batch["pixel_values"][:, :context_length],
             **{name: value[:, :context_length] for name, value in observed.items()},
@@ -199,20 +194,23 @@ def retrieval_r1(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_encoded_modalities(encoder, steps: dict[str, torch.Tensor], captions: list[str]) -> dict:
+def evaluate_encoded_modalities(encoder, trajectories: dict[str, torch.Tensor], captions: list | np.ndarray) -> dict:
     """Cross-modal retrieval and read-back on encoded held-out steps of a speaking, captioning world.
 
     Args:
         encoder: a multimodal `VeltrixEncoderModel` with text and audio.
-        steps: `pixel_values (N, 1, C, H, W)`, `input_ids`, `attention_mask (N, 1, L)`, `audio_values (N, 1, S)`:
-            `N` steps, each its own length-1 trajectory.
-        captions: the `N` caption strings.
+        trajectories: `pixel_values (B, T, C, H, W)`, `input_ids`, `attention_mask (B, T, L)`, `audio_values
+            (B, T, S)`; each of the `N = B·T` steps is encoded on its own.
+        captions: the caption strings, `(B, T)` nested lists or an array.
 
     Returns R@1 of retrieving a step's frame embedding among all `N` from its caption's (and audio's) embedding,
     against chance `1 / N`; the same counting any frame whose step has the query's exact caption as a hit (several
     steps can share a caption); the caption read back from the text subspace (`caption_scores`); and the fraction of
     audio codes recovered exactly from the audio subspace.
     """
+    names = ("pixel_values", *MODALITY_COLUMNS["text"], *MODALITY_COLUMNS["audio"])
+    steps = {name: trajectories[name].flatten(0, 1)[:, None] for name in names}  # (N, 1, ...)
+    captions = np.asarray(captions, dtype=object).reshape(-1).tolist()
     encoded = encoder(**steps)
     # Each embedding reads only its modality's subspace: the blocks are encoded independently and recovered exactly
     # by the projection, so no modality's embedding sees another's input.

@@ -642,8 +642,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
 
         Args:
             parts: modality -> its block `(N, U_m, d_m)` of `N` steps.
-            keys: modality -> the step's input `(N, ...)` (bytes, codes, pixels); two steps whose inputs are identical
-                in either modality of a pair are not negatives of each other in that pair.
+            keys: modality -> the step's input `(N, ...)` (caption bytes, audio codes); two steps whose inputs are
+                identical in either modality of a pair are not negatives of each other in that pair.
         """
         embeddings = self.alignment_embeddings(parts)
         names = list(embeddings)
@@ -652,10 +652,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         same = {name: identical_rows(key) for name, key in (keys or {}).items()}
         total = 0.0
         for a, c in pairs:
-            duplicates = None
-            for name in (a, c):
-                if name in same:
-                    duplicates = same[name] if duplicates is None else duplicates | same[name]
+            masks = [same[name] for name in (a, c) if name in same]
+            duplicates = torch.stack(masks).any(0) if masks else None
             total = total + info_nce(embeddings[a], embeddings[c], logit_scale, duplicates)
         return total / len(pairs)
 

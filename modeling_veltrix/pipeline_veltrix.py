@@ -315,20 +315,17 @@ class VeltrixPipeline(DiffusionPipeline):
         units: torch.Tensor,
         last_context_frame: torch.Tensor,
         num_inference_steps: int,
-        generator: torch.Generator | None = None,
-        latents: torch.Tensor | None = None,
+        latents: torch.Tensor,
     ) -> torch.Tensor:
-        """Frames (B·n, C, H, W) for rolled-out units (B, n, U, D): all steps in one batch, or, for a decoder with
-        `temporal_context`, step by step in time (batched over trajectories), each conditioned on the frame
-        decoded before it (the last context frame (B, C, H, W) for the first). The noise is `latents`
-        (B·n, C, H, W) when given, else drawn with `generator`."""
+        """Frames (B·n, C, H, W) for rolled-out units (B, n, U, D) from the noise `latents` (B·n, C, H, W): all
+        steps in one batch, or, for a decoder with `temporal_context`, step by step in time (batched over
+        trajectories), each conditioned on the frame decoded before it (the last context frame (B, C, H, W) for the
+        first)."""
         b, n = units.shape[:2]
-        if latents is None:
-            latents = self.prepare_latents(b * n, units.dtype, units.device, generator)
         if not self.decoder.config.temporal_context:
             return self.decode_units(units.flatten(0, 1), num_inference_steps, latents=latents)
         latents, decoded = latents.reshape(b, n, *latents.shape[1:]), []
-        previous = last_context_frame.to(units.dtype)
+        previous = last_context_frame.to(latents.dtype)
         for step in range(n):
             previous = self.decode_units(
                 units[:, step], num_inference_steps, latents=latents[:, step], previous_frame=previous
@@ -481,9 +478,7 @@ class VeltrixPipeline(DiffusionPipeline):
         """Rolled-out units (B, n, U, D) -> their frames from the noise `latents` (B·n, C, H, W), in `output_type`
         (`"pil"`: B lists of n images; `"np"` / `"pt"`: (B, n, ...) in [0, 1])."""
         b, n = units.shape[:2]
-        decoded = self.decode_rollout(
-            units.to(self.decoder.dtype), last_context_frame, num_inference_steps, latents=latents
-        )
+        decoded = self.decode_rollout(units, last_context_frame, num_inference_steps, latents)
         processed = self.image_processor.postprocess(decoded, output_type=output_type)
         if output_type == "pil":
             return [processed[i * n : (i + 1) * n] for i in range(b)]

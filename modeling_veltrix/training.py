@@ -150,21 +150,19 @@ def save_pretrained_atomic(model, path: str) -> None:
     os.replace(tmp, path)
 
 
-def observed_modalities(
-    encoder: VeltrixEncoderModel,
-    input_ids: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    audio_values: torch.Tensor | None,
-) -> dict[str, torch.Tensor]:
-    """The caption and audio inputs of a batch that `encoder` models (a frames-only encoder ignores a speaking world's
-    extra columns)."""
-    modalities = encoder.config.modalities
-    observed = {}
-    if "text" in modalities and input_ids is not None:
-        observed |= {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "audio" in modalities and audio_values is not None:
-        observed["audio_values"] = audio_values
-    return observed
+MODALITY_COLUMNS = {"text": ("input_ids", "attention_mask"), "audio": ("audio_values",)}
+
+
+def observed_modalities(encoder: VeltrixEncoderModel, batch: dict) -> dict[str, torch.Tensor]:
+    """The caption and audio columns of a world batch (`input_ids`, `attention_mask`, `audio_values`; missing or
+    None ones skipped) that `encoder` models: a frames-only encoder ignores a speaking world's extra columns."""
+    return {
+        column: batch[column]
+        for modality, columns in MODALITY_COLUMNS.items()
+        if modality in encoder.config.modalities
+        for column in columns
+        if batch.get(column) is not None
+    }
 
 
 class VeltrixEncoderStage(nn.Module):
@@ -182,7 +180,8 @@ class VeltrixEncoderStage(nn.Module):
         attention_mask: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        observed = observed_modalities(self.encoder, input_ids, attention_mask, audio_values)
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        observed = observed_modalities(self.encoder, columns)
         return {"loss": self.encoder(pixel_values, **observed, return_loss=True).loss}
 
 
@@ -229,7 +228,8 @@ class VeltrixEvolverStage(nn.Module):
         """With a multimodal encoder, the units are the fused states of every observed modality, so the evolver
         learns to evolve the caption and audio subspaces with the frames'."""
         recipe = self.recipe
-        observed = observed_modalities(self.encoder, input_ids, attention_mask, audio_values)
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        observed = observed_modalities(self.encoder, columns)
         with torch.no_grad():
             units = self.encoder(pixel_values, **observed).units
 

@@ -126,13 +126,12 @@ def evaluate(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], captions
     """Retrieval and read-back on every held-out step (`evaluate_encoded_modalities`), and the PSNR of the frame
     readout keeping the first k resampled frame units, per k."""
     model.eval()
-    total = data["pixel_values"].shape[0] * data["pixel_values"].shape[1]
-    steps = flat_steps(data, torch.arange(total))
-    results = evaluate_encoded_modalities(model, steps, captions.reshape(-1).tolist())
+    results = evaluate_encoded_modalities(model, data, captions)
+    frames = data["pixel_values"]
     psnr_by_units = {}
     for k in range(1, model.config.num_units + 1):
-        reconstruction = model.decode_frames(model(steps["pixel_values"], num_units=k).units)
-        psnr_by_units[str(k)] = round(psnr(reconstruction, steps["pixel_values"]), 3)
+        reconstruction = model.decode_frames(model(frames, num_units=k).units)
+        psnr_by_units[str(k)] = round(psnr(reconstruction, frames), 3)
     return {**results, "psnr_by_num_units": psnr_by_units}
 
 

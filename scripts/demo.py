@@ -110,11 +110,8 @@ def evaluate_modalities(pipeline, held_out, recipe: VeltrixTrainingRecipe) -> di
     """For a multimodal preset: retrieval and read-back on every encoded held-out step, and captions and audio read
     from the evolved states of the first `rollout_window` future steps."""
     data = held_out[:]
-    names = ("pixel_values", "input_ids", "attention_mask", "audio_values")
-    steps = {name: data[name].flatten(0, 1)[:, None] for name in names}
-    captions = [caption for row in data["captions"] for caption in row]
     results = {
-        "encoded_modalities": evaluate_encoded_modalities(pipeline.encoder, steps, captions),
+        "encoded_modalities": evaluate_encoded_modalities(pipeline.encoder, data, data["captions"]),
         "future_modalities": evaluate_future_modalities(
             pipeline, held_out, recipe.context_length, recipe.rollout_window
         ),

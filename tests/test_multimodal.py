@@ -100,13 +100,9 @@ def test_pipeline_decoder_reads_only_the_frame_subspace():
     pipe = fused_pipeline()
     units = torch.randn(3, 16, UNIT_DIM)
     latents = torch.randn(3, 3, 16, 16)
-    text_slice = pipe.encoder.fusion.slices["text"]
-    edited = pipe.encoder.fusion.decompose(units)
-    blocks = torch.zeros(3, 16, UNIT_DIM)
-    for name, part in edited.items():
-        blocks[..., pipe.encoder.fusion.slices[name]] = part
-    blocks[..., text_slice] = torch.randn(3, 16, text_slice.stop - text_slice.start)  # another caption
-    other = blocks @ pipe.encoder.fusion.rotation_matrix.T
+    parts = pipe.encoder.fusion.decompose(units)
+    parts["text"] = torch.randn_like(parts["text"])  # another caption
+    other = pipe.encoder.fusion.fuse(parts, 16)
     decoded = pipe.decode_units(units, 2, latents=latents)
     torch.testing.assert_close(pipe.decode_units(other, 2, latents=latents), decoded)
 
@@ -234,12 +230,8 @@ def test_encoded_modalities_evaluation(tmp_path):
     window = held_out[0]["audio_values"].shape[-1]
     encoder = randomize_(VeltrixEncoderModel(fused_config(audio_window=window))).eval()
     data = held_out[:]
-    steps = {
-        name: data[name].flatten(0, 1)[:, None]
-        for name in ("pixel_values", "input_ids", "attention_mask", "audio_values")
-    }
     captions = [c for row in data["captions"] for c in row]
-    results = evaluate_encoded_modalities(encoder, steps, captions)
+    results = evaluate_encoded_modalities(encoder, data, data["captions"])
     assert results["num_held_out_steps"] == len(captions) == 12
     assert results["retrieval_chance"] == pytest.approx(1 / 12)
     assert results["retrieval_r1_text_to_frame_same_caption"] >= results["retrieval_r1_text_to_frame"]
