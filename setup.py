@@ -6,7 +6,7 @@ pip install torch==2.13.0 && pip install -e ".[test,demo]"
 the test drives the system's chromium).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="veltrix",
@@ -14,7 +14,8 @@ setup(
     description="Veltrix: a Hugging Face-compatible latent world model that evolves a world state.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=["modeling_veltrix"],
+    # The model (the package root) and its tooling subpackages (worlds, training, evaluation, hub, benchmarks).
+    packages=find_packages(include=["modeling_veltrix", "modeling_veltrix.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -44,8 +44,8 @@ class VeltrixEncoderConfig(PreTrainedConfig):
             Width `D` of a state unit, i.e. of the shared latent space.
         unit_layout (`str`, *optional*, defaults to `"grid"`):
             `"grid"`: one unit per patch, aligned with the patch grid (finest granularity, tracks motion best).
-            `"resampler"`: `num_units` learned queries cross-attending to the patches (coarser, compact).
-        num_units (`int`, *optional*, defaults to 16):
+            `"resampler"`: `num_resampled_units` learned queries cross-attending to the patches (coarser, compact).
+        num_resampled_units (`int`, *optional*, defaults to 16):
             Number of units of the `"resampler"` layout. Ignored by the `"grid"` layout, whose unit count is
             `(image_size // patch_size) ** 2`.
         num_mixing_layers (`int`, *optional*, defaults to 2):
@@ -57,7 +57,7 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         num_attention_heads (`int`, *optional*, defaults to 4):
             Heads of the resampler's and of the resampler readout's cross-attention.
         action_dim (`int`, *optional*, defaults to 2):
-            Width of the per-step action vectors that the encoder passes through as conditions.
+            Width of the per-step action vectors that the encoder passes through for the evolver.
         layer_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the normalisation layers.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -119,9 +119,9 @@ class VeltrixEncoderConfig(PreTrainedConfig):
         audio_loss_weight (`float`, *optional*, defaults to 1.0):
             Weight of the audio tokenizer's loss (log-mel reconstruction + commitment).
         nested_dropout (`bool`, *optional*, defaults to `False`):
-            In training, keep only the first `k ~ U{1..num_units}` resampled frame units (`unit_layout="resampler"`)
-            per step and zero the rest (Rippel et al. 2014), so that the first `k` units summarise coarsely and
-            `num_units=k` can be chosen at inference.
+            In training, keep only the first `k ~ U{1..num_resampled_units}` resampled frame units
+            (`unit_layout="resampler"`) per step and zero the rest (Rippel et al. 2014), so that the first `k` units
+            summarise coarsely and `num_resampled_units=k` can be chosen at inference.
 
     Example:
 
@@ -143,7 +143,7 @@ class VeltrixEncoderConfig(PreTrainedConfig):
     hidden_size: int = 64
     unit_dim: int = 32
     unit_layout: str = "grid"
-    num_units: int = 16
+    num_resampled_units: int = 16
     num_mixing_layers: int = 2
     mixing_kernel_size: int = 3
     mlp_ratio: float = 2.0
@@ -185,7 +185,7 @@ class VeltrixEncoderConfig(PreTrainedConfig):
             "patch_size",
             "hidden_size",
             "unit_dim",
-            "num_units",
+            "num_resampled_units",
             "mixing_kernel_size",
             "mlp_ratio",
             "num_attention_heads",
@@ -288,7 +288,7 @@ class VeltrixEncoderConfig(PreTrainedConfig):
     @property
     def num_units_per_step(self) -> int:
         """Number `U` of state units the encoder emits per step."""
-        return self.grid_size**2 if self.unit_layout == "grid" else self.num_units
+        return self.grid_size**2 if self.unit_layout == "grid" else self.num_resampled_units
 
 
 @strict
@@ -301,11 +301,11 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     Args:
         unit_dim (`int`, *optional*, defaults to 32):
             Width `D` of the state units (must equal the encoder's `unit_dim`).
-        num_units (`int`, *optional*, defaults to 64):
+        num_units_per_step (`int`, *optional*, defaults to 64):
             Units `U` per step (must equal the encoder's `num_units_per_step`).
         unit_mixer (`str`, *optional*, defaults to `"conv"`):
             How units exchange information within a step: `"conv"` (depthwise convolution over the unit grid,
-            for grid units; `num_units` must be a perfect square) or `"attention"` (self-attention over units).
+            for grid units; `num_units_per_step` must be a perfect square) or `"attention"` (self-attention over units).
         mixing_kernel_size (`int`, *optional*, defaults to 3):
             Odd kernel size of the `"conv"` unit mixer.
         hidden_size (`int`, *optional*, defaults to 64):
@@ -341,7 +341,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
         intermediate_size (`int`, *optional*, defaults to 128):
             Width of the SwiGLU MLP.
         action_dim (`int`, *optional*, defaults to 2):
-            Width of the action conditions (0: the evolver takes none).
+            Width of the actions (0: the evolver takes none).
         condition_size (`int`, *optional*, defaults to 64):
             Width of the per-step condition embedding that drives adaLN.
         scan_implementation (`str`, *optional*, defaults to `"chunked"`):
@@ -362,7 +362,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     ```python
     >>> from modeling_veltrix import VeltrixEvolverConfig, VeltrixEvolverModel
 
-    >>> config = VeltrixEvolverConfig(unit_dim=32, num_units=64)
+    >>> config = VeltrixEvolverConfig(unit_dim=32, num_units_per_step=64)
     >>> model = VeltrixEvolverModel(config)
     >>> config.num_heads
     8
@@ -372,7 +372,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     model_type = "veltrix_evolver"
 
     unit_dim: int = 32
-    num_units: int = 64
+    num_units_per_step: int = 64
     unit_mixer: str = "conv"
     mixing_kernel_size: int = 3
     hidden_size: int = 64
@@ -400,7 +400,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for name in (
             "unit_dim",
-            "num_units",
+            "num_units_per_step",
             "mixing_kernel_size",
             "hidden_size",
             "num_hidden_layers",
@@ -425,9 +425,12 @@ class VeltrixEvolverConfig(PreTrainedConfig):
         _require_choice("unit_mixer", self.unit_mixer, UNIT_MIXERS)
         _require_choice("scan_implementation", self.scan_implementation, SCAN_IMPLEMENTATIONS)
         if self.unit_mixer == "conv":
-            side = round(self.num_units**0.5)
-            if side * side != self.num_units:
-                raise ValueError(f"`num_units` must be a perfect square for `unit_mixer='conv'`, got {self.num_units}.")
+            side = round(self.num_units_per_step**0.5)
+            if side * side != self.num_units_per_step:
+                raise ValueError(
+                    "`num_units_per_step` must be a perfect square for `unit_mixer='conv'`, "
+                    f"got {self.num_units_per_step}."
+                )
             if self.mixing_kernel_size % 2 == 0:
                 raise ValueError(f"`mixing_kernel_size` must be odd, got {self.mixing_kernel_size}.")
         if self.hidden_size % self.num_attention_heads:
@@ -463,7 +466,7 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     @property
     def unit_grid_size(self) -> int:
         """Side of the unit grid used by the `"conv"` unit mixer."""
-        return round(self.num_units**0.5)
+        return round(self.num_units_per_step**0.5)
 
 
 __all__ = ["VeltrixEncoderConfig", "VeltrixEvolverConfig"]

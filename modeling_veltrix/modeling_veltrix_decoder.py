@@ -30,6 +30,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from .input_validation import checks_enabled
+from .modulation import modulate
+
 FLOW_TIME_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
@@ -37,11 +40,6 @@ LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 def describe(value: object) -> str:
     """Shape of a tensor, or type name of anything else, for error messages."""
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-def modulate(hidden_states: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation ``x · (1 + scale) + shift``: tokens (B, N, D), ``shift`` and ``scale`` (B, 1, D)."""
-    return hidden_states * (1 + scale) + shift
 
 
 class VeltrixDecoderBlock(nn.Module):
@@ -64,7 +62,7 @@ class VeltrixDecoderBlock(nn.Module):
         super().__init__()
         head_dim = hidden_size // num_attention_heads
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn1 = Attention(
+        attention = dict(
             query_dim=hidden_size,
             heads=num_attention_heads,
             dim_head=head_dim,
@@ -73,17 +71,9 @@ class VeltrixDecoderBlock(nn.Module):
             qk_norm=qk_norm,
             eps=norm_eps,
         )
+        self.attn1 = Attention(**attention)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
-        self.attn2 = Attention(
-            query_dim=hidden_size,
-            cross_attention_dim=hidden_size,
-            heads=num_attention_heads,
-            dim_head=head_dim,
-            dropout=dropout,
-            bias=True,
-            qk_norm=qk_norm,
-            eps=norm_eps,
-        )
+        self.attn2 = Attention(cross_attention_dim=hidden_size, **attention)  # to the step's units
         self.norm3 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.ff = FeedForward(hidden_size, mult=mlp_ratio, dropout=dropout, activation_fn="gelu-approximate")
         self.modulation = nn.Linear(hidden_size, 9 * hidden_size)
@@ -279,8 +269,8 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float,
         encoder_hidden_states: torch.Tensor,
         previous_frame: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Validate the inputs of :meth:`forward` and return the timestep broadcast to shape (B,).
+    ) -> None:
+        """Validate the inputs of :meth:`forward`.
 
         Raises:
             ValueError: naming the offending argument, the expected and the received shape or value.
@@ -333,7 +323,6 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 raise ValueError("`previous_frame` must be finite, got NaN or infinite values.")
         elif previous_frame is not None:
             raise ValueError("`previous_frame` was given but this decoder has `temporal_context=False`.")
-        return timestep
 
     def _embed_context(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """Units (B, U, cross_attention_dim) → (B, U, hidden_size): projection + unit-index embedding."""
@@ -376,7 +365,9 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
         Returns:
             :class:`VeltrixDecoderOutput` or `(velocity,)`, the velocity ``ε − x_0`` of the shape of `sample`.
         """
-        timestep = self.check_inputs(sample, timestep, encoder_hidden_states, previous_frame)
+        if checks_enabled():  # skipped inside the pipeline's sampling loop, which checked its inputs once
+            self.check_inputs(sample, timestep, encoder_hidden_states, previous_frame)
+        timestep = torch.as_tensor(timestep, device=sample.device).expand(sample.shape[0])  # a scalar -> (B,)
         if previous_frame is not None:
             sample = torch.cat([sample, previous_frame], dim=1)  # (B, 2C, H, W)
         hidden_states = self.patch_embed(sample)  # (B, N, D)

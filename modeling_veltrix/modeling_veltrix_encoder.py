@@ -2,7 +2,7 @@
 
 Frames are cut into patches (ViT, Dosovitskiy et al. 2021) and mixed locally by depthwise-convolution blocks
 (ConvNeXt-style, Liu et al. 2022). The units are then either the patch grid itself (`unit_layout="grid"`, one
-unit per patch, finest) or `num_units` learned queries cross-attending to the patches (`"resampler"`, as in
+unit per patch, finest) or `num_resampled_units` learned queries cross-attending to the patches (`"resampler"`, as in
 Perceiver / Flamingo, coarser). Units pass through `tanh`, so the evolver works in a bounded space.
 
 `decode_frames` is the direct frame readout `D_frames` from units back to pixels, trained with the encoder by
@@ -13,8 +13,8 @@ and audio (`audio_codes` / `audio_features` / raw `audio_values`, `audio_units`)
 each unit is their orthogonal direct sum `Q · [frames ; text ; audio ; latent]` (`orthogonal_fusion`). Each modality
 reads back from its own subspace: `decode_frames`, `generate_captions` (caption head), `decode_audio` (exact inverse
 `D_audio` of the linear `φ_audio` + nearest code). `L_align` is InfoNCE between the modalities of the same step
-(CLIP, Radford et al. 2021); nested dropout over resampled units (Rippel et al. 2014) makes `num_units=k` a choice at
-inference.
+(CLIP, Radford et al. 2021); nested dropout over resampled units (Rippel et al. 2014) makes `num_resampled_units=k` a
+choice at inference.
 """
 
 import math
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -30,25 +29,17 @@ from transformers.utils import ModelOutput
 
 from .audio_units import VeltrixAudioTokenizer
 from .configuration_veltrix import VeltrixEncoderConfig
-from .input_validation import check_finite, check_range, check_shape
+from .frame_units import (
+    VeltrixCrossAttention,
+    VeltrixGridReadout,
+    VeltrixLocalMixingBlock,
+    VeltrixResamplerReadout,
+    grid_positions,
+)
+from .input_validation import check_finite, check_indices, check_range, check_shape, checks_enabled
 from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize, caption_targets
 from .weights_check import VeltrixCheckedLoadingMixin
-
-
-def check_integer_tensor(name: str, value: object, expected: tuple[int | str, ...], high: int) -> None:
-    """Requires an integer tensor of the given shape (a string entry matches any size) with entries in [0, high)."""
-    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.dtype == torch.bool:
-        kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"`{name}` must be an integer tensor, got {kind}.")
-    shape = tuple(value.shape)
-    matches = len(shape) == len(expected) and all(
-        isinstance(e, str) or e == g for e, g in zip(expected, shape, strict=True)
-    )
-    if not matches:
-        raise ValueError(f"`{name}` must have shape ({', '.join(str(e) for e in expected)}), got {shape}.")
-    if value.numel() and (int(value.min()) < 0 or int(value.max()) >= high):
-        raise ValueError(f"`{name}` must lie in [0, {high}), got values in [{int(value.min())}, {int(value.max())}].")
 
 
 def info_nce(
@@ -74,14 +65,6 @@ def identical_rows(values: torch.Tensor) -> torch.Tensor:
     return (flat[:, None] == flat[None]).all(-1)
 
 
-def grid_positions(grid_size: int, hidden_size: int, like: torch.Tensor) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions of a `grid_size` x `grid_size` patch grid (MAE, He et al. 2022), in row-major
-    order: `(1, G · G, hidden_size)` on `like`'s device and dtype. The resampler layout adds them to its patch
-    tokens and readout queries: its units are not tied to grid slots, so where a patch is must be in its features."""
-    positions = get_2d_sincos_pos_embed(hidden_size, grid_size, base_size=grid_size, device=like.device)
-    return positions.to(like.dtype)[None]
-
-
 def trim_caption_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`(..., L)` caption bytes and mask cut after the last kept byte of any caption plus one (its end byte), as int64.
 
@@ -91,113 +74,6 @@ def trim_caption_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     positions = torch.arange(1, input_ids.shape[-1] + 1, device=input_ids.device)
     length = min(input_ids.shape[-1], int((attention_mask * positions).max()) + 1)
     return input_ids[..., :length].long(), attention_mask[..., :length]
-
-
-def patchify(frames: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, H/p · W/p, p · p · C), patches in row-major order."""
-    n, c, h, w = frames.shape
-    patches = frames.reshape(n, c, h // patch_size, patch_size, w // patch_size, patch_size)
-    return patches.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // patch_size) * (w // patch_size), -1)
-
-
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.Tensor:
-    """(N, G · G, p · p · C) -> (N, C, G · p, G · p), the inverse of `patchify` for a square grid."""
-    n, num_patches, _ = patches.shape
-    grid = round(num_patches**0.5)
-    frames = patches.reshape(n, grid, grid, patch_size, patch_size, channels)
-    return frames.permute(0, 5, 1, 3, 2, 4).reshape(n, channels, grid * patch_size, grid * patch_size)
-
-
-class VeltrixLocalMixingBlock(nn.Module):
-    """Residual depthwise convolution + LayerNorm + MLP over a (N, G, G, H) feature grid."""
-
-    def __init__(self, hidden_size: int, kernel_size: int, mlp_ratio: float, eps: float):
-        super().__init__()
-        self.depthwise = nn.Conv2d(hidden_size, hidden_size, kernel_size, padding=kernel_size // 2, groups=hidden_size)
-        self.norm = nn.LayerNorm(hidden_size, eps=eps)
-        inner = int(hidden_size * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, hidden_size))
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        mixed = self.depthwise(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return grid + self.mlp(self.norm(mixed))
-
-
-class VeltrixCrossAttention(nn.Module):
-    """Multi-head cross-attention of queries (N, Q, H) to keys/values (N, K, H), pre-normed, with an MLP."""
-
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.query_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.context_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.kv_proj = nn.Linear(hidden_size, 2 * hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
-        inner = int(hidden_size * mlp_ratio)
-        self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, hidden_size))
-
-    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        n, q_len, hidden = queries.shape
-        head_dim = hidden // self.num_heads
-        q = self.q_proj(self.query_norm(queries)).reshape(n, q_len, self.num_heads, head_dim).transpose(1, 2)
-        k, v = (
-            self.kv_proj(self.context_norm(context)).reshape(n, -1, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        )
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, q_len, hidden)
-        queries = queries + self.out_proj(attended)
-        return queries + self.mlp(self.mlp_norm(queries))
-
-
-class VeltrixGridReadout(nn.Module):
-    """Grid units (N, G·G, D) -> frames (N, C, H, W): local mixing over the unit grid, then each unit -> its patch."""
-
-    def __init__(self, config: VeltrixEncoderConfig):
-        super().__init__()
-        self.grid_size = config.grid_size
-        self.patch_size = config.patch_size
-        self.num_channels = config.num_channels
-        self.unit_proj = nn.Linear(config.frame_unit_dim, config.hidden_size)
-        self.blocks = nn.ModuleList(
-            VeltrixLocalMixingBlock(
-                config.hidden_size, config.mixing_kernel_size, config.mlp_ratio, config.layer_norm_eps
-            )
-            for _ in range(config.num_mixing_layers)
-        )
-        self.to_pixels = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
-
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        n = units.shape[0]
-        grid = self.unit_proj(units).reshape(n, self.grid_size, self.grid_size, -1)
-        for block in self.blocks:
-            grid = block(grid)
-        return unpatchify(self.to_pixels(grid.flatten(1, 2)), self.patch_size, self.num_channels)
-
-
-class VeltrixResamplerReadout(nn.Module):
-    """Resampled units (N, U, D) -> frames (N, C, H, W): positional patch queries, each starting from a learned linear
-    mix of the units (`unit_unpooling`, the mirror of the encoder's `unit_pooling`), cross-attend to the units."""
-
-    def __init__(self, config: VeltrixEncoderConfig):
-        super().__init__()
-        self.patch_size = config.patch_size
-        self.num_channels = config.num_channels
-        self.patch_queries = nn.Parameter(torch.zeros(1, config.grid_size**2, config.hidden_size))
-        self.unit_unpooling = nn.Parameter(torch.zeros(config.grid_size**2, config.num_units, config.hidden_size))
-        self.unit_proj = nn.Linear(config.frame_unit_dim, config.hidden_size)
-        self.attention = VeltrixCrossAttention(
-            config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
-        )
-        self.to_pixels = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
-
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        grid = round(self.patch_queries.shape[1] ** 0.5)
-        projected = self.unit_proj(units)  # (N, U, H)
-        queries = self.patch_queries + grid_positions(grid, self.patch_queries.shape[-1], units)
-        queries = queries + torch.einsum("puh,nuh->nph", self.unit_unpooling, projected)
-        patches = self.attention(queries, projected)
-        return unpatchify(self.to_pixels(patches), self.patch_size, self.num_channels)
 
 
 class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
@@ -240,13 +116,13 @@ class VeltrixEncoderOutput(ModelOutput):
     Args:
         units (`torch.Tensor` of shape `(B, T, U, D)`): the bounded state units of every step (with several
             modalities, their orthogonal direct sum).
-        conditions (`torch.Tensor` of shape `(B, T, A)`, *optional*): the actions, passed through as conditions.
+        actions (`torch.Tensor` of shape `(B, T, A)`, *optional*): the actions, passed through for the evolver.
         reconstruction (`torch.Tensor` of shape `(B, T, C, H, W)`, *optional*): the frame readout of the units,
             returned when `return_loss=True`.
         loss (`torch.Tensor`, *optional*): with `return_loss=True`, the reconstruction MSE, plus with several
             modalities the weighted caption, audio-tokenizer and alignment terms.
         unit_mask (`torch.Tensor` of shape `(B, T, U)`, *optional*): with several modalities, which unit slots hold
-            kept content (frame slots past `num_units` are zero).
+            kept content (frame slots past `num_resampled_units` are zero).
         subspaces (`dict[str, slice]`, *optional*): with several modalities, each block's coordinates before the
             rotation `Q`; `decompose` returns the parts.
         loss_terms (`dict[str, torch.Tensor]`, *optional*): with several modalities and `return_loss=True`, the
@@ -256,7 +132,7 @@ class VeltrixEncoderOutput(ModelOutput):
     """
 
     units: torch.Tensor | None = None
-    conditions: torch.Tensor | None = None
+    actions: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     unit_mask: torch.Tensor | None = None
@@ -281,8 +157,10 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             for _ in range(config.num_mixing_layers)
         )
         if config.unit_layout == "resampler":
-            self.unit_queries = nn.Parameter(torch.zeros(1, config.num_units, config.hidden_size))
-            self.unit_pooling = nn.Parameter(torch.zeros(config.num_units, config.grid_size**2, config.hidden_size))
+            self.unit_queries = nn.Parameter(torch.zeros(1, config.num_resampled_units, config.hidden_size))
+            self.unit_pooling = nn.Parameter(
+                torch.zeros(config.num_resampled_units, config.grid_size**2, config.hidden_size)
+            )
             self.resampler = VeltrixCrossAttention(
                 config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
             )
@@ -394,7 +272,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
 
     def decode_frames(self, units: torch.Tensor) -> torch.Tensor:
         """Direct frame readout from the frame subspace: units (B, T, U, D) -> frames (B, T, C, H, W)."""
-        self.check_units(units)
+        if checks_enabled():
+            self.check_units(units)
         b, t = units.shape[:2]
         frames = self.readout(self.frame_subspace(units).flatten(0, 1))
         return frames.reshape(b, t, *frames.shape[1:])
@@ -402,7 +281,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
     def decompose(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fused units `(B, T, U, D)` -> each block's part `(B, T, U_m, d_m)` (`Q_mᵀ C` on the block's slots)."""
         self._require_fused("decompose")
-        self.check_units(units)
+        if checks_enabled():
+            self.check_units(units)
         return self.fusion.decompose(units, self.modality_slots)
 
     def caption_loss(self, units: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -444,25 +324,33 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
                 f"`{method}` needs '{modality}' in `config.modalities`, got {list(self.config.modalities)}."
             )
 
-    def check_modality_inputs(
+    def check_inputs(
         self,
-        b: int,
-        t: int,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        audio_values: torch.Tensor | None,
-        audio_codes: torch.Tensor | None,
-        audio_features: torch.Tensor | None,
-        num_units: int | None,
+        pixel_values: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_codes: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        num_resampled_units: int | None = None,
     ) -> None:
-        """Validates the text and audio inputs against the frames' `(B, T)` and the config."""
+        """Validates the inputs of `forward`: the frames (`check_pixel_values`), and the actions, text and audio
+        against the frames' `(B, T)` and the config."""
         config = self.config
+        self.check_pixel_values(pixel_values)
+        b, t = pixel_values.shape[:2]
+        if actions is not None:
+            check_shape("actions", actions, (b, t, config.action_dim))
+            check_finite("actions", actions)
         if input_ids is not None or attention_mask is not None:
             self._require_modality("text", "input_ids")
             if input_ids is None or attention_mask is None:
                 raise ValueError("`input_ids` and `attention_mask` must be given together, got only one of them.")
-            check_integer_tensor("input_ids", input_ids, (b, t, config.text_max_length), 256)
-            check_integer_tensor("attention_mask", attention_mask, (b, t, config.text_max_length), 2)
+            check_shape("input_ids", input_ids, (b, t, config.text_max_length), integer=True)
+            check_indices("input_ids", input_ids, 256)
+            check_shape("attention_mask", attention_mask, (b, t, config.text_max_length), integer=True)
+            check_indices("attention_mask", attention_mask, 2)
             if not bool((attention_mask.sum(-1) > 0).all()):
                 raise ValueError("`attention_mask` must keep at least one byte of every step's caption, got none.")
         audio = {"audio_values": audio_values, "audio_codes": audio_codes, "audio_features": audio_features}
@@ -476,26 +364,35 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             check_shape("audio_values", audio_values, (b, t, config.audio_window))
             check_finite("audio_values", audio_values)
         if audio_codes is not None:
-            check_integer_tensor("audio_codes", audio_codes, (b, t, k), config.audio_codebook_size)
+            check_shape("audio_codes", audio_codes, (b, t, k), integer=True)
+            check_indices("audio_codes", audio_codes, config.audio_codebook_size)
         if audio_features is not None:
             check_shape("audio_features", audio_features, (b, t, k, v))
             check_finite("audio_features", audio_features)
-        if num_units is not None:
+        if num_resampled_units is not None:
             if config.unit_layout != "resampler":
                 raise ValueError(
-                    f"`num_units` needs resampled frame units (`unit_layout='resampler'`), got {config.unit_layout!r}."
+                    "`num_resampled_units` needs resampled frame units (`unit_layout='resampler'`), "
+                    f"got {config.unit_layout!r}."
                 )
-            if not isinstance(num_units, int) or isinstance(num_units, bool) or not 1 <= num_units <= config.num_units:
-                raise ValueError(f"`num_units` must be an int in [1, {config.num_units}], got {num_units!r}.")
+            if (
+                not isinstance(num_resampled_units, int)
+                or isinstance(num_resampled_units, bool)
+                or not 1 <= num_resampled_units <= config.num_resampled_units
+            ):
+                raise ValueError(
+                    f"`num_resampled_units` must be an int in [1, {config.num_resampled_units}], "
+                    f"got {num_resampled_units!r}."
+                )
 
-    def _keep_first_units(self, units: torch.Tensor, num_units: int | None) -> torch.Tensor:
-        """Zeroes the frame units past the first `k` of `(N, U, d)`: `k = num_units` when given, else in training with
-        nested dropout `k ~ U{1..U}` per step, else all are kept (resampler layout only)."""
+    def _keep_first_units(self, units: torch.Tensor, num_resampled_units: int | None) -> torch.Tensor:
+        """Zeroes the frame units past the first `k` of `(N, U, d)`: `k = num_resampled_units` when given, else in
+        training with nested dropout `k ~ U{1..U}` per step, else all are kept (resampler layout only)."""
         if self.config.unit_layout != "resampler":
             return units
         count = units.shape[1]
-        if num_units is not None:
-            kept = torch.full((units.shape[0], 1), min(num_units, count), device=units.device)
+        if num_resampled_units is not None:
+            kept = torch.full((units.shape[0], 1), min(num_resampled_units, count), device=units.device)
         elif self.training and self.config.nested_dropout:
             kept = torch.randint(1, count + 1, (units.shape[0], 1), device=units.device)
         else:
@@ -512,14 +409,14 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         audio_values: torch.Tensor | None = None,
         audio_codes: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
-        num_units: int | None = None,
+        num_resampled_units: int | None = None,
         return_loss: bool = False,
         return_dict: bool = True,
     ) -> VeltrixEncoderOutput | tuple:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(B, T, C, H, W)`): frames in [-1, 1].
-            actions (`torch.Tensor` of shape `(B, T, A)`, *optional*): actions, passed through as conditions.
+            actions (`torch.Tensor` of shape `(B, T, A)`, *optional*): actions, passed through for the evolver.
             input_ids (`torch.Tensor` of shape `(B, T, L)`, *optional*): caption bytes per step (`byte_tokenize`);
                 needs `"text"` in `config.modalities`.
             attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): 1 on caption bytes, 0 on padding.
@@ -528,33 +425,36 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             audio_codes (`torch.Tensor` of shape `(B, T, K)`, *optional*): codes in `[0, audio_codebook_size)`.
             audio_features (`torch.Tensor` of shape `(B, T, K, V)`, *optional*): code vectors (or any features of
                 that shape).
-            num_units (`int`, *optional*): keep only the first `num_units` resampled frame units (the rest are
-                zero); needs `unit_layout="resampler"`, see `config.nested_dropout`.
+            num_resampled_units (`int`, *optional*): keep only the first `num_resampled_units` resampled frame units
+                (the rest are zero); needs `unit_layout="resampler"`, see `config.nested_dropout`.
             return_loss (`bool`): also compute the frame readout and the training loss.
 
         Absent modalities leave their blocks zero.
         """
-        self.check_pixel_values(pixel_values)
-        b, t = pixel_values.shape[:2]
-        if actions is not None:
-            check_shape("actions", actions, (b, t, self.config.action_dim))
-            check_finite("actions", actions)
-        self.check_modality_inputs(
-            b, t, input_ids, attention_mask, audio_values, audio_codes, audio_features, num_units
-        )
+        if checks_enabled():
+            self.check_inputs(
+                pixel_values,
+                actions,
+                input_ids,
+                attention_mask,
+                audio_values,
+                audio_codes,
+                audio_features,
+                num_resampled_units,
+            )
         if self.fusion is None:
             units = self.encode_units(pixel_values)
-            units = self._keep_first_units(units.flatten(0, 1), num_units).reshape(units.shape)
+            units = self._keep_first_units(units.flatten(0, 1), num_resampled_units).reshape(units.shape)
             reconstruction = loss = None
             if return_loss:
                 reconstruction = self.decode_frames(units)
                 loss = F.mse_loss(reconstruction, pixel_values)
             if not return_dict:
                 return tuple(v for v in (loss, units, actions, reconstruction) if v is not None)
-            return VeltrixEncoderOutput(units=units, conditions=actions, reconstruction=reconstruction, loss=loss)
+            return VeltrixEncoderOutput(units=units, actions=actions, reconstruction=reconstruction, loss=loss)
         text = (input_ids, attention_mask)
         audio = (audio_values, audio_codes, audio_features)
-        return self._forward_fused(pixel_values, actions, text, audio, num_units, return_loss, return_dict)
+        return self._forward_fused(pixel_values, actions, text, audio, num_resampled_units, return_loss, return_dict)
 
     def _forward_fused(
         self,
@@ -562,7 +462,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         actions: torch.Tensor | None,
         text: tuple[torch.Tensor | None, torch.Tensor | None],
         audio: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
-        num_units: int | None,
+        num_resampled_units: int | None,
         return_loss: bool,
         return_dict: bool,
     ) -> VeltrixEncoderOutput | tuple:
@@ -579,7 +479,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         if input_ids is not None:
             input_ids, attention_mask = trim_caption_padding(input_ids, attention_mask)
             full["text"] = self.text_encoder(input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
-        parts = {**full, "frames": self._keep_first_units(full["frames"], num_units)}
+        parts = {**full, "frames": self._keep_first_units(full["frames"], num_resampled_units)}
         tokenizer_loss = None
         if audio_values is not None:
             audio_codes, audio_features, tokenizer_loss = self.audio_tokenizer(audio_values.flatten(0, 1))
@@ -590,7 +490,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             parts["audio"] = full["audio"] = self.audio_embedding(audio_features.reshape(b * t, -1))
         units = self.fusion.fuse(parts, config.num_units_per_step).reshape(b, t, config.num_units_per_step, -1)
         kept = max(
-            min(num_units, part.shape[1]) if num_units and name == "frames" else part.shape[1]
+            min(num_resampled_units, part.shape[1]) if num_resampled_units and name == "frames" else part.shape[1]
             for name, part in parts.items()
         )
         unit_mask = (torch.arange(config.num_units_per_step, device=units.device) < kept).expand(b, t, -1)
@@ -622,7 +522,7 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             return tuple(v for v in (loss, units, actions, reconstruction, unit_mask) if v is not None)
         return VeltrixEncoderOutput(
             units=units,
-            conditions=actions,
+            actions=actions,
             reconstruction=reconstruction,
             loss=loss,
             unit_mask=unit_mask,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
-ORTHOGONAL_MAPS = ("cayley", "matrix_exp")
+from .configuration_veltrix import ORTHOGONAL_MAPS
 
 
 class VeltrixLinearEmbedding(nn.Module):

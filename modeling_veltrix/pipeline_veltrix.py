@@ -5,16 +5,17 @@ encoder (MPE) -> evolver (TRE, open-loop rollout) -> decoder (MGD, flow matching
 `FlowMatchEulerDiscreteScheduler`). Every future frame of every trajectory is decoded in one batch per Euler
 step.
 
-`save_pretrained` writes a complete Hub repository (`hub_repository`): this file, flattened with its relative
-imports, becomes the repository's root pipeline file. It therefore imports no component class: the components load
-with the classes that the installed package registers (`register_component_class`), or, in a repository's copy of
-this file, with the repository's own component files.
+This file imports only model modules: flattened with its relative imports, it becomes the root pipeline file of a
+saved folder. It imports no component class: the components load with the classes that the installed package
+registers (`register_component_class`), or, in a repository's copy of this file, with the repository's own component
+files. The code files of a saved folder are written by a repository writer that the installed package registers
+(`register_repository_writer`: the package's Hub export); a repository's copy registers none.
 """
 
 import importlib
 import inspect
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,17 +29,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
 
-from .hub_repository import (
+from .input_validation import check_finite, check_shape, checks_enabled, inputs_checked
+from .pipeline_world_rollout import VeltrixWorldConfig
+from .repository_check import (
     LIBRARIES,
     MODEL_INDEX,
     VeltrixRepositoryError,
     check_component_config,
     check_repository,
     resolve_repository,
-    write_hub_code,
+    write_folder_atomically,
 )
-from .input_validation import check_finite, check_increasing, check_shape
-from .pipeline_world_rollout import VeltrixWorldConfig
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 OUTPUT_MODALITIES = ("frames", "audio", "text")
@@ -101,6 +102,9 @@ class VeltrixPipeline(DiffusionPipeline):
     # Component classes that `from_pretrained` loads with, by class name; `modeling_veltrix/__init__.py` registers
     # the package's. A Hub repository's copy of this file registers none and loads the repository's own code.
     _installed_component_classes: ClassVar[dict[str, type]] = {}
+    # Adds what a Hub repository needs beyond diffusers' layout (code files, `auto_map`s) to a folder that
+    # `save_pretrained` has just written; the installed package registers its Hub export.
+    _repository_writer: ClassVar[Callable[["VeltrixPipeline", str], None] | None] = None
 
     def __init__(
         self,
@@ -130,6 +134,12 @@ class VeltrixPipeline(DiffusionPipeline):
         """Makes `from_pretrained` load the components that `model_index.json` names `component_class.__name__` with
         `component_class` (the installed code) rather than with the folder's code."""
         cls._installed_component_classes[component_class.__name__] = component_class
+
+    @classmethod
+    def register_repository_writer(cls, writer: Callable[["VeltrixPipeline", str], None]) -> None:
+        """Makes `save_pretrained` call `writer(pipeline, folder)` on the written folder before it is moved into
+        place."""
+        cls._repository_writer = staticmethod(writer)
 
     @classmethod
     def from_pretrained(
@@ -211,26 +221,26 @@ class VeltrixPipeline(DiffusionPipeline):
         variant: str | None = None,
         max_shard_size: int | str | None = None,
     ) -> None:
-        """Writes a complete Hub repository (layout in `hub_repository`): safetensors weights and configs per
-        component, each component's self-contained code, the root pipeline file, `model_index.json` and the
-        `config.json` that `transformers.pipeline` reads. The folder is written next to `save_directory` and
-        renamed into place, so `save_directory` never holds a partial repository."""
+        """Writes what `DiffusionPipeline.save_pretrained` writes (safetensors weights and configs per component,
+        `model_index.json`) plus, through the registered repository writer, a complete Hub repository (each
+        component's self-contained code, the root pipeline file and the `config.json` that `transformers.pipeline`
+        reads; layout in `repository_check`). The folder is written next to `save_directory` and renamed into place,
+        so `save_directory` never holds a partial repository."""
         if not safe_serialization:
             raise ValueError("`safe_serialization` must be True: Veltrix saves safetensors only, got False.")
-        target = os.path.normpath(os.fspath(save_directory))
-        staging, previous = f"{target}.tmp", f"{target}.old"
-        for path in (staging, previous):
-            shutil.rmtree(path, ignore_errors=True)
-        super().save_pretrained(staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size)
-        write_hub_code(self, staging)
-        if os.path.isdir(target):
-            os.replace(target, previous)
-        os.replace(staging, target)
-        shutil.rmtree(previous, ignore_errors=True)
+
+        def write(staging: str) -> None:
+            super(VeltrixPipeline, self).save_pretrained(
+                staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
+            )
+            if self._repository_writer is not None:
+                self._repository_writer(self, staging)
+
+        write_folder_atomically(write, save_directory)
 
     def check_inputs(
         self,
-        frames: torch.Tensor,
+        pixel_values: torch.Tensor,
         actions: torch.Tensor | None,
         timestamps: torch.Tensor | None,
         num_future_steps: int,
@@ -239,22 +249,19 @@ class VeltrixPipeline(DiffusionPipeline):
         output_modalities: tuple[str, ...] = ("frames",),
         mode: str | None = None,
         interventions: object = None,
+        observed: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """Validates every input of a call once, before anything is computed: the encoder's (`pixel_values` and the
+        `observed` text and audio), the evolver's rollout inputs (actions and timestamps of context and future steps,
+        mode, interventions) and the pipeline's own."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.check_output_modalities(output_modalities)
         check_step_count("num_future_steps", num_future_steps)
         check_step_count("num_inference_steps", num_inference_steps)
-        self.encoder.check_pixel_values(frames)
-        b, t = frames.shape[:2]
-        self.evolver.check_rollout_mode(mode, actions, interventions, b, num_future_steps)
-        if actions is not None:
-            check_shape("actions", actions, (b, t + num_future_steps, self.evolver.config.action_dim))
-            check_finite("actions", actions)
-        if timestamps is not None:
-            check_shape("timestamps", timestamps, (b, t + num_future_steps))
-            check_finite("timestamps", timestamps)
-            check_increasing("timestamps", timestamps)
+        self.encoder.check_inputs(pixel_values, **(observed or {}))
+        b, t = pixel_values.shape[:2]
+        self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
 
     def check_output_modalities(self, output_modalities: tuple[str, ...]) -> None:
         """At least one of `OUTPUT_MODALITIES`, no repeats, and text or audio only from an encoder that has them."""
@@ -295,15 +302,16 @@ class VeltrixPipeline(DiffusionPipeline):
         """Samples frames (N, C, H, W) in [-1, 1] for state units (N, U, D) with `num_inference_steps` Euler steps,
         starting from `latents` (N, C, H, W) at σ = 1, or from noise drawn with `generator`. The decoder reads the
         units' frame subspace (`encoder.frame_subspace`). A decoder with `temporal_context` also takes each frame's
-        `previous_frame` (N, C, H, W)."""
-        check_shape("units", units, ("N", "U", self.encoder.config.unit_dim))
-        check_finite("units", units)
-        check_step_count("num_inference_steps", num_inference_steps)
+        `previous_frame` (N, C, H, W). The inputs are checked once here, not at every Euler step."""
+        if checks_enabled():
+            check_shape("units", units, ("N", "U", self.encoder.config.unit_dim))
+            check_finite("units", units)
+            check_step_count("num_inference_steps", num_inference_steps)
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         context = self.encoder.frame_subspace(units.to(self.encoder.dtype)).to(self.decoder.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=units.device)
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with self.progress_bar(total=num_inference_steps) as progress_bar, inputs_checked():
             for t in self.scheduler.timesteps:
                 velocity = self.decoder(latents, t.expand(latents.shape[0]), context, previous_frame).sample
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
@@ -336,7 +344,7 @@ class VeltrixPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        frames: torch.Tensor,
+        pixel_values: torch.Tensor,
         actions: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
         num_future_steps: int | None = None,
@@ -355,7 +363,7 @@ class VeltrixPipeline(DiffusionPipeline):
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
-            frames (`torch.Tensor` of shape `(B, T, C, H, W)`): context frames in [-1, 1].
+            pixel_values (`torch.Tensor` of shape `(B, T, C, H, W)`): context frames in [-1, 1].
             actions (`torch.Tensor` of shape `(B, T + num_future_steps, A)`, *optional*): the action at every
                 step, context and future; `None` evolves freely.
             timestamps (`torch.Tensor` of shape `(B, T + num_future_steps)`, *optional*): strictly increasing
@@ -394,8 +402,16 @@ class VeltrixPipeline(DiffusionPipeline):
             num_future_steps = self.config.default_num_future_steps
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
+        observed = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "audio_values": audio_values,
+            "audio_codes": audio_codes,
+            "audio_features": audio_features,
+        }
+        observed = {name: value for name, value in observed.items() if value is not None}
         self.check_inputs(
-            frames,
+            pixel_values,
             actions,
             timestamps,
             num_future_steps,
@@ -404,49 +420,43 @@ class VeltrixPipeline(DiffusionPipeline):
             output_modalities,
             mode,
             interventions,
+            observed,
         )
         device = self._execution_device
-        frames = frames.to(device=device, dtype=self.encoder.dtype)
+        pixel_values = pixel_values.to(device=device, dtype=self.encoder.dtype)
         actions = None if actions is None else actions.to(device=device, dtype=self.evolver.dtype)
         timestamps = None if timestamps is None else timestamps.to(device=device, dtype=self.evolver.dtype)
         observed = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "audio_values": audio_values,
-            "audio_codes": audio_codes,
-            "audio_features": audio_features,
-        }
-        observed = {
             name: value.to(device=device, dtype=self.encoder.dtype if value.is_floating_point() else value.dtype)
             for name, value in observed.items()
-            if value is not None
         }
-
-        context = self.encoder(frames, **observed).units
-        rollout = self.evolver.rollout(
-            context,
-            num_future_steps,
-            conditions=actions,
-            timestamps=timestamps,
-            mode=mode,
-            interventions=interventions,
-        )
-        units = rollout.units
-        counterfactual_units = getattr(rollout, "counterfactual_units", None)
-        captions = future_audio_features = future_audio_codes = None
-        if "text" in output_modalities:
-            captions = self.encoder.generate_captions(units.to(self.encoder.dtype))
-        if "audio" in output_modalities:
-            future_audio_features, future_audio_codes = self.encoder.decode_audio(units.to(self.encoder.dtype))
-        images = counterfactual_images = None
-        if output_type != "latent" and "frames" in output_modalities:
-            b, n = units.shape[:2]
-            latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
-            images = self.render_rollout(units, frames[:, -1], num_inference_steps, latents, output_type)
-            if counterfactual_units is not None:
-                counterfactual_images = self.render_rollout(
-                    counterfactual_units, frames[:, -1], num_inference_steps, latents, output_type
-                )
+        # Everything was checked above: the models skip their own checks (and the decoder its per-step ones).
+        with inputs_checked():
+            context = self.encoder(pixel_values, **observed).units
+            rollout = self.evolver.rollout(
+                context,
+                num_future_steps,
+                actions=actions,
+                timestamps=timestamps,
+                mode=mode,
+                interventions=interventions,
+            )
+            units = rollout.units
+            counterfactual_units = getattr(rollout, "counterfactual_units", None)
+            captions = future_audio_features = future_audio_codes = None
+            if "text" in output_modalities:
+                captions = self.encoder.generate_captions(units.to(self.encoder.dtype))
+            if "audio" in output_modalities:
+                future_audio_features, future_audio_codes = self.encoder.decode_audio(units.to(self.encoder.dtype))
+            images = counterfactual_images = None
+            if output_type != "latent" and "frames" in output_modalities:
+                b, n = units.shape[:2]
+                latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
+                images = self.render_rollout(units, pixel_values[:, -1], num_inference_steps, latents, output_type)
+                if counterfactual_units is not None:
+                    counterfactual_images = self.render_rollout(
+                        counterfactual_units, pixel_values[:, -1], num_inference_steps, latents, output_type
+                    )
         self.maybe_free_model_hooks()
         counterfactual = {
             "counterfactual_frames": counterfactual_images,
@@ -499,7 +509,7 @@ class VeltrixWorldModel(PreTrainedModel):
 
     config_class = VeltrixWorldConfig
     base_model_prefix = "world"
-    main_input_name = "frames"
+    main_input_name = "pixel_values"
 
     def __init__(self, config: VeltrixWorldConfig, pipeline: VeltrixPipeline):
         super().__init__(config)
@@ -534,55 +544,22 @@ class VeltrixWorldModel(PreTrainedModel):
         unexpected = sorted(set(loader_kwargs) - {"_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs"})
         if unexpected:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unexpected}.")
-        hub = dict(cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only)
+        download = dict(cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only)
         pipeline = VeltrixPipeline.from_pretrained(
             pretrained_model_name_or_path,
             trust_remote_code=trust_remote_code,
             torch_dtype=None if dtype in (None, "auto") else dtype,
             force_download=force_download,
-            **hub,
+            **download,
         )
         if config is None:
-            config = VeltrixWorldConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+            config = VeltrixWorldConfig.from_pretrained(pretrained_model_name_or_path, **download)
         return cls(config, pipeline).eval()
 
-    def forward(
-        self,
-        frames: torch.Tensor,
-        actions: torch.Tensor | None = None,
-        timestamps: torch.Tensor | None = None,
-        num_future_steps: int | None = None,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        output_type: str = "pil",
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        audio_values: torch.Tensor | None = None,
-        audio_codes: torch.Tensor | None = None,
-        audio_features: torch.Tensor | None = None,
-        output_modalities: tuple[str, ...] = ("frames",),
-        mode: str | None = None,
-        interventions: object = None,
-    ) -> VeltrixPipelineOutput:
-        """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`] (see
-        `VeltrixPipeline.__call__`)."""
-        return self.pipeline(
-            frames,
-            actions=actions,
-            timestamps=timestamps,
-            num_future_steps=num_future_steps,
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            output_type=output_type,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            audio_values=audio_values,
-            audio_codes=audio_codes,
-            audio_features=audio_features,
-            output_modalities=output_modalities,
-            mode=mode,
-            interventions=interventions,
-        )
+    def forward(self, pixel_values: torch.Tensor, **call_arguments) -> VeltrixPipelineOutput:
+        """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`]; `call_arguments` are
+        those of `VeltrixPipeline.__call__` (an unknown one raises its `TypeError`)."""
+        return self.pipeline(pixel_values, **call_arguments)
 
     def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
         """Saves the whole repository through `VeltrixPipeline.save_pretrained`."""

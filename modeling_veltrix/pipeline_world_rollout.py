@@ -3,7 +3,7 @@
 
     >>> import modeling_veltrix  # registers the task, so no remote code is needed
     >>> rollout = pipeline("world-rollout", model="runs/demo/pipeline")
-    >>> rollout(frames, num_future_steps=24, seed=0)["frames"]  # frames (T, C, H, W) in [-1, 1] -> 24 PIL images
+    >>> rollout(pixel_values, num_future_steps=24, seed=0)["frames"]  # (T, C, H, W) in [-1, 1] -> 24 PIL images
 
 Where this package is not installed, `pipeline(model=folder_or_repo_id, trust_remote_code=True)` finds the task in
 the folder's `config.json` (`custom_pipelines`) and runs the folder's own copy of this code.
@@ -18,10 +18,10 @@ TASK_OUTPUT_TYPES = ("pil", "np", "pt")
 
 
 class VeltrixWorldRolloutPipeline(Pipeline):
-    r"""Context frames in, future frames out: `rollout(frames, actions=None, timestamps=None, num_future_steps=None,
-    num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",))`.
+    r"""Context frames in, future frames out: `rollout(pixel_values, actions=None, timestamps=None,
+    num_future_steps=None, num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",))`.
 
-    `frames` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
+    `pixel_values` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
     (`(T + n, A)` or `(B, T + n, A)`) and `timestamps` (`(T + n,)` or `(B, T + n)`, seconds) cover context and future
     steps as in [`VeltrixPipeline`]. `num_future_steps` and `num_inference_steps` default to the pipeline's saved call
     defaults; `seed` fixes the decoder's noise. One trajectory gives a dict `{"frames", "timestamps"}` (frames: a list
@@ -58,18 +58,18 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     def preprocess(
-        self, frames: torch.Tensor, actions: torch.Tensor | None = None, timestamps: torch.Tensor | None = None
+        self, pixel_values: torch.Tensor, actions: torch.Tensor | None = None, timestamps: torch.Tensor | None = None
     ) -> dict:
         """Adds the batch axis to one trajectory's frames (T, C, H, W), actions (T + n, A) and timestamps (T + n)."""
-        if not isinstance(frames, torch.Tensor) or frames.dim() not in (4, 5):
-            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise ValueError(f"`frames` must be a torch.Tensor (T, C, H, W) or (B, T, C, H, W), got {shape}.")
-        batched = frames.dim() == 5
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() not in (4, 5):
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"`pixel_values` must be a torch.Tensor (T, C, H, W) or (B, T, C, H, W), got {shape}.")
+        batched = pixel_values.dim() == 5
         if not batched:
-            frames = frames.unsqueeze(0)
+            pixel_values = pixel_values.unsqueeze(0)
             actions = None if actions is None else actions.unsqueeze(0)
             timestamps = None if timestamps is None else timestamps.unsqueeze(0)
-        return {"frames": frames, "actions": actions, "timestamps": timestamps, "batched": batched}
+        return {"pixel_values": pixel_values, "actions": actions, "timestamps": timestamps, "batched": batched}
 
     def _forward(
         self,
@@ -82,7 +82,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
     ) -> dict:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         out = self.model(
-            model_inputs["frames"],
+            model_inputs["pixel_values"],
             actions=model_inputs["actions"],
             timestamps=model_inputs["timestamps"],
             num_future_steps=num_future_steps,

@@ -1,11 +1,12 @@
-"""Selective state-space scans in the Mamba-2 / SSD form (Dao & Gu, "Transformers are SSMs", 2024).
+"""The evolver's selective state-space model in the Mamba-2 / SSD form (Dao & Gu, "Transformers are SSMs", 2024):
+the scans and the mixer that runs them.
 
 The recurrence, per head with a scalar decay::
 
     h_t = exp(dt_t · A) · h_{t-1} + dt_t · x_t ⊗ B_t        h_t ∈ R^{P×N}
     y_t = h_t · C_t
 
-Three PyTorch implementations that agree to float tolerance (tests/test_selective_ssm.py):
+Three PyTorch scans that agree to float tolerance (tests/test_selective_ssm.py):
 
 - `ssd_step`: one step of the recurrence (recurrent rollout, O(1) state);
 - `ssd_sequential_scan`: the step applied over a sequence (the reference);
@@ -14,16 +15,25 @@ Three PyTorch implementations that agree to float tolerance (tests/test_selectiv
 
 The optional CUDA kernels of `mamba-ssm` (`mamba_chunk_scan_combined`, `selective_state_update`) and
 `causal-conv1d` (`causal_conv1d_fn`, `causal_conv1d_update`) are imported here, each replaced by `None` where it is
-not installed; `modeling_veltrix_evolver.VeltrixSelectiveSSM` dispatches to them on CUDA.
+not installed. Each has a PyTorch fallback with its signature (the arguments the mixer passes, under the kernel's
+names and defaults): `torch_chunk_scan_combined` (or `torch_sequential_scan_combined` on the reference scan),
+`torch_selective_state_update`, `torch_causal_conv1d_fn` and `torch_causal_conv1d_update`. `VeltrixSelectiveSSM`,
+the Mamba-2 mixer with a Δt-aware step, picks the kernels or the fallbacks in one line each.
 
 Shapes: `b` batch, `l` length, `h` heads, `p` head channels, `g` groups of `B`/`C`, `n` state size, `c` chunks,
-`q` positions in a chunk. `dt` is already positive (softplus and Δt scaling are applied by the caller).
+`q` positions in a chunk. `dt` is already positive (softplus and Δt scaling are applied by the mixer).
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import logging
+
+from .configuration_veltrix import VeltrixEvolverConfig
 
 # Module-level and inside `try`, each on its own: a saved model's code then loads with `trust_remote_code=True`
 # where these packages are absent (transformers' import check skips `try` blocks, and fails on an import inside a
@@ -41,16 +51,19 @@ try:
 except ImportError:
     causal_conv1d_fn, causal_conv1d_update = None, None
 
-# Largest total decay `-Σ dt·A` of one chunk for which the intra-chunk decay matrix is factorised as
-# exp(a_i - a_j) = exp(a_i - m) · exp(m - a_j) around the chunk's midpoint m. The factors stay within exp(±limit/2)
-# (1e21 in float32), so their products with inputs cannot overflow, and the rounding error of the prefix sums
-# (~ eps · total) stays below 1e-5 relative; heads past the limit in some chunk take the exact segment-sum path.
-_FACTORIZATION_LIMIT = {torch.float32: 100.0, torch.float64: 600.0}
+logger = logging.get_logger(__name__)
 
 
 def mamba_kernels_available() -> bool:
     """Whether all four CUDA kernels (mamba-ssm and causal-conv1d) were importable."""
     return None not in (mamba_chunk_scan_combined, selective_state_update, causal_conv1d_fn, causal_conv1d_update)
+
+
+# Largest total decay `-Σ dt·A` of one chunk for which the intra-chunk decay matrix is factorised as
+# exp(a_i - a_j) = exp(a_i - m) · exp(m - a_j) around the chunk's midpoint m. The factors stay within exp(±limit/2)
+# (1e21 in float32), so their products with inputs cannot overflow, and the rounding error of the prefix sums
+# (~ eps · total) stays below 1e-5 relative; heads past the limit in some chunk take the exact segment-sum path.
+_FACTORIZATION_LIMIT = {torch.float32: 100.0, torch.float64: 600.0}
 
 
 def _expand_groups(bc: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -257,3 +270,301 @@ def ssd_chunked_scan(
         y = y.index_copy(3, exact_heads, y_exact)
     y = y.reshape(b, c * q, h, p)[:, :length]
     return y.to(out_dtype), state.to(out_dtype)
+
+
+def _scan_output(
+    y: torch.Tensor, state: torch.Tensor, x: torch.Tensor, D: torch.Tensor | None, return_final_states: bool
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Adds the skip `D · x` (D (h,)) to a scan's y (b, l, h, p) and returns what `mamba_chunk_scan_combined`
+    returns: y, and the final state (b, h, p, n) when `return_final_states`."""
+    if D is not None:
+        y = torch.addcmul(y, x, D[:, None])
+    return (y, state) if return_final_states else y
+
+
+def torch_chunk_scan_combined(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    *,
+    return_final_states: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`mamba_chunk_scan_combined` in PyTorch (`ssd_chunked_scan`): x (b, l, h, p), dt (b, l, h) positive, A (h,),
+    B and C (b, l, g, n), D (h,) -> y (b, l, h, p), and the final state (b, h, p, n) when `return_final_states`."""
+    y, state = ssd_chunked_scan(x, dt, A, B, C, chunk_size)
+    return _scan_output(y, state, x, D, return_final_states)
+
+
+def torch_sequential_scan_combined(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    *,
+    return_final_states: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """`torch_chunk_scan_combined` on the sequential reference scan (`chunk_size` is unused): the oracle of the
+    model-level tests (`config.scan_implementation="sequential"`)."""
+    y, state = ssd_sequential_scan(x, dt, A, B, C)
+    return _scan_output(y, state, x, D, return_final_states)
+
+
+TORCH_SCANS = {"chunked": torch_chunk_scan_combined, "sequential": torch_sequential_scan_combined}
+
+
+def torch_selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    *,
+    dt_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`selective_state_update` in PyTorch (`ssd_step`), in the kernel's multi-head form with a tied head dim (how
+    Mamba-2 calls it): per-head values broadcast over the head's p channels.
+
+    Args:
+        state: (b, h, p, n), updated in place.
+        x: (b, h, p).
+        dt: (b, h, p) positive step sizes, and A (h, p, n), D and dt_bias (h, p): constant over p.
+        B, C: (b, g, n).
+
+    Returns:
+        y (b, h, p).
+    """
+    dt = dt[..., 0] if dt_bias is None else dt[..., 0] + dt_bias[:, 0]
+    # Under autograd from a copy, so that the old state, which the product with the decay saves for backward, can
+    # be overwritten.
+    y, new_state = ssd_step(x, dt, A[:, 0, 0], B, C, state.clone() if torch.is_grad_enabled() else state)
+    state.copy_(new_state)
+    if D is not None:
+        y = torch.addcmul(y, x, D)
+    return y.to(x.dtype)
+
+
+def _activate(x: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """The causal-conv1d kernels' activation: None, or "silu" / "swish" (the same function)."""
+    return F.silu(x) if activation in ("silu", "swish") else x
+
+
+def torch_causal_conv1d_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """`causal_conv1d_fn` in PyTorch: depthwise causal convolution of x (b, dim, l) with weight (dim, width) and
+    bias (dim,) -> (b, dim, l).
+
+    A sum of shifted, channel-scaled copies in the (b, l, dim) layout: on CPU this beats `nn.Conv1d`'s layout, and
+    `x` given as the transposed view of a (b, l, dim) tensor is never copied to another layout.
+    """
+    rows = x.transpose(1, 2)  # (b, l, dim)
+    length, width = rows.shape[1], weight.shape[1]
+    padded = F.pad(rows, (0, 0, width - 1, 0))  # (b, l + width - 1, dim)
+    start = bias if bias is not None else weight.new_zeros(())
+    out = torch.addcmul(start, padded[:, width - 1 :], weight[:, width - 1])
+    for k in range(width - 1):
+        out.addcmul_(padded[:, k : k + length], weight[:, k])
+    return _activate(out, activation).transpose(1, 2)
+
+
+def torch_causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """`causal_conv1d_update` in PyTorch: one step x (b, dim) of the convolution whose last `width - 1` inputs are
+    conv_state (b, dim, width - 1), updated in place; weight (dim, width), bias (dim,) -> (b, dim)."""
+    window = torch.cat([conv_state, x[..., None]], dim=-1)  # (b, dim, width)
+    conv_state.copy_(window[..., 1:])
+    out = (window * weight).sum(-1)
+    return _activate(out if bias is None else out + bias, activation)
+
+
+def _contiguous_causal_conv1d_fn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str | None = None
+) -> torch.Tensor:
+    """`causal_conv1d_fn` on a contiguous copy of x (b, dim, l): given the transposed view of a slice of the input
+    projection, the kernel would take its channel-last mode, which needs strides that are multiples of 8."""
+    return causal_conv1d_fn(x.contiguous(), weight, bias, activation=activation)
+
+
+class VeltrixRMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale (Zhang & Sennrich 2019)."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+
+
+class VeltrixGatedRMSNorm(VeltrixRMSNorm):
+    """RMS norm of `y · silu(z)`: the output gate of the Mamba-2 mixer."""
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * F.silu(gate))
+
+
+class VeltrixSelectiveSSM(nn.Module):
+    """Mamba-2 mixer over time with a Δt-aware step: `dt = softplus(raw + bias) · Δt / Δt_ref`.
+
+    `forward` runs a whole sequence from a zero state and returns the recurrent state at its end; `step` advances
+    that state by one observation. Each is one body that picks, one line per kernel, the mamba-ssm / causal-conv1d
+    kernels (on CUDA when installed and `use_mamba_kernels`) or their PyTorch fallbacks, which take the same
+    arguments; `_ssm_inputs` computes the projection split, the step sizes and `A` for both. The step kernels have
+    no backward, so steps under autograd take the PyTorch path.
+    """
+
+    def __init__(self, config: VeltrixEvolverConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.state_size = config.state_size
+        self.n_groups = config.n_groups
+        self.chunk_size = config.chunk_size
+        self.scan_implementation = config.scan_implementation
+        self.use_mamba_kernels = config.use_mamba_kernels
+        self.time_step_min = config.time_step_min
+        self.time_step_max = config.time_step_max
+        self.time_step_floor = config.time_step_floor
+        self.A_init_range = tuple(config.A_init_range)
+        self.inner_size = config.intermediate_ssm_size
+        self.conv_dim = self.inner_size + 2 * self.n_groups * self.state_size
+        self.conv_kernel = config.conv_kernel
+
+        self.in_proj = nn.Linear(config.hidden_size, self.inner_size + self.conv_dim + self.num_heads, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, config.conv_kernel, groups=self.conv_dim, padding=config.conv_kernel - 1
+        )
+        self.dt_bias = nn.Parameter(torch.empty(self.num_heads))
+        self.A_log = nn.Parameter(torch.empty(self.num_heads))
+        self.D = nn.Parameter(torch.empty(self.num_heads))
+        self.norm = VeltrixGatedRMSNorm(self.inner_size, config.rms_norm_eps)
+        self.out_proj = nn.Linear(self.inner_size, config.hidden_size, bias=False)
+
+    def reset_ssm_parameters(self) -> None:
+        """S4D-real style decay rates, log-uniform initial step sizes (inverse softplus), unit skip."""
+        low, high = self.A_init_range
+        init.copy_(self.A_log, torch.log(torch.empty(self.num_heads).uniform_(low, high)))
+        dt = torch.exp(
+            torch.rand(self.num_heads) * (math.log(self.time_step_max) - math.log(self.time_step_min))
+            + math.log(self.time_step_min)
+        ).clamp(min=self.time_step_floor)
+        init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+        init.ones_(self.D)
+
+    def uses_cuda_kernels(self, device: torch.device) -> bool:
+        """Whether whole sequences on `device` run the mamba-ssm / causal-conv1d kernels; logs once when a CUDA
+        device falls back to the PyTorch path because they are not installed."""
+        if device.type != "cuda" or not self.use_mamba_kernels:
+            return False
+        if not mamba_kernels_available():
+            logger.warning_once(
+                "The evolver runs on CUDA but `mamba-ssm` / `causal-conv1d` are not installed (pip install "
+                "'veltrix[cuda]'): falling back to the exact but slower PyTorch path."
+            )
+            return False
+        return True
+
+    def _ssm_inputs(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden (..., hidden) and the elapsed time in reference intervals gaps (...) -> the gate z (..., inner), the
+        convolution input xbc (..., conv_dim), the positive step sizes dt (..., heads) and the decay rates A (heads,)
+        in float32."""
+        z, xbc, dt_raw = torch.split(
+            self.in_proj(hidden_states), [self.inner_size, self.conv_dim, self.num_heads], dim=-1
+        )
+        dt = F.softplus(dt_raw + self.dt_bias) * gaps[..., None]
+        return z, xbc, dt, -torch.exp(self.A_log.float())
+
+    def _split_xbc(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(..., conv_dim) -> x (..., heads, head_dim), B and C (..., groups, state)."""
+        group_width = self.n_groups * self.state_size
+        x, B, C = torch.split(xbc, [self.inner_size, group_width, group_width], dim=-1)
+        lead = x.shape[:-1]
+        return (
+            x.reshape(*lead, self.num_heads, self.head_dim),
+            B.reshape(*lead, self.n_groups, self.state_size),
+            C.reshape(*lead, self.n_groups, self.state_size),
+        )
+
+    def _conv_state(self, xbc: torch.Tensor) -> torch.Tensor:
+        """The last `conv_kernel - 1` convolution inputs of xbc (N, L, conv_dim), zero-padded on the left when the
+        sequence is shorter: (N, conv_dim, conv_kernel - 1)."""
+        window = xbc[:, -(self.conv_kernel - 1) :].transpose(1, 2)
+        return F.pad(window, (self.conv_kernel - 1 - window.shape[-1], 0))
+
+    def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Gated RMS norm and output projection: y (..., heads, head_dim), z (..., inner) -> (..., hidden)."""
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def forward(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole-sequence path: `causal_conv1d_fn` and `mamba_chunk_scan_combined`, or their PyTorch fallbacks (the
+        chunked SSD, or the sequential reference, as `config.scan_implementation` says).
+
+        Args:
+            hidden_states: (N, L, hidden).
+            gaps: (N, L) elapsed time since the previous observation, in reference intervals.
+
+        Returns:
+            output (N, L, hidden), conv state (N, conv_dim, conv_kernel - 1), SSM state (N, heads, head_dim, state).
+        """
+        use_kernels = self.uses_cuda_kernels(hidden_states.device)
+        conv1d_fn = _contiguous_causal_conv1d_fn if use_kernels else torch_causal_conv1d_fn
+        chunk_scan = mamba_chunk_scan_combined if use_kernels else TORCH_SCANS[self.scan_implementation]
+        z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
+        conv_state = self._conv_state(xbc)
+        xbc = conv1d_fn(xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        x, B, C = self._split_xbc(xbc.transpose(1, 2))
+        y, ssm_state = chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_states=True)
+        return self._output(y, z), conv_state, ssm_state.to(x.dtype)
+
+    def step(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One recurrent step (`causal_conv1d_update` and `selective_state_update`, or their PyTorch fallbacks):
+        hidden (N, hidden), gaps (N,), states as returned by `forward`; returns the output (N, hidden) and new states
+        (the given ones are left untouched, so a cache can be shared by branches)."""
+        use_kernels = not torch.is_grad_enabled() and self.uses_cuda_kernels(hidden_states.device)
+        conv1d_update = causal_conv1d_update if use_kernels else torch_causal_conv1d_update
+        state_update = selective_state_update if use_kernels else torch_selective_state_update
+        z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
+        # Both update their state in place; they get copies, so the caller's cache stays valid.
+        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
+        xbc = conv1d_update(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
+        x, B, C = self._split_xbc(xbc)
+        heads, head_dim, state_size = self.num_heads, self.head_dim, self.state_size
+        # Per-head scalars broadcast over the head's channels with stride 0 (the kernel's "tied head dim" mode,
+        # which also reads `dt_bias`'s strides: a zero bias leaves the already-discretised dt unchanged).
+        y = state_update(
+            ssm_state,
+            x,
+            dt[..., None].expand(-1, heads, head_dim),
+            A[:, None, None].expand(heads, head_dim, state_size),
+            B,
+            C,
+            D=self.D[:, None].expand(heads, head_dim),
+            dt_bias=dt.new_zeros(heads)[:, None].expand(heads, head_dim),
+        )
+        return self._output(y, z), conv_state, ssm_state

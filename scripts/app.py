@@ -19,7 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the app works offl
 import gradio as gr  # noqa: E402
 
 from modeling_veltrix import VeltrixPipeline  # noqa: E402
-from modeling_veltrix.rollout_viewer import MODES, frames_from_images, render_rollout, world_trajectory  # noqa: E402
+from modeling_veltrix.evaluation.viewer import MODES, frames_from_images, view_rollout, world_trajectory  # noqa: E402
 from modeling_veltrix.worlds import WORLDS  # noqa: E402
 
 SUMMARY_HORIZONS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -57,7 +57,7 @@ def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
                 frames, actions, timestamps = data["pixel_values"], data["actions"], data["timestamps"]
             else:
                 frames, actions, timestamps = frames_from_images(uploads or [], image_size, channels), None, None
-            view = render_rollout(
+            view = view_rollout(
                 pipeline,
                 frames,
                 context,

@@ -18,7 +18,8 @@ import tempfile
 import torch
 
 from modeling_veltrix import VeltrixPipeline
-from modeling_veltrix.evaluation import benchmark_decoder_steps, environment_record, image_quality, save_report
+from modeling_veltrix.benchmarks import benchmark_decoder_steps, environment_record, save_report
+from modeling_veltrix.evaluation import image_quality
 from modeling_veltrix.training import assemble_pipeline, load_or_create_models
 from modeling_veltrix.worlds import build_world_dataset
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from modeling_veltrix import VeltrixEncoderConfig, VeltrixEncoderModel
-from modeling_veltrix.evaluation import evaluate_encoded_modalities, save_report
+from modeling_veltrix.benchmarks import save_report
+from modeling_veltrix.evaluation import evaluate_encoded_modalities
 from modeling_veltrix.orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from modeling_veltrix.worlds import get_world
 
@@ -78,7 +79,7 @@ def encoder_config() -> VeltrixEncoderConfig:
         hidden_size=64,
         unit_dim=32,
         unit_layout="resampler",
-        num_units=8,
+        num_resampled_units=8,
         modalities=["frames", "text", "audio"],
         frame_dim=16,
         text_dim=8,
@@ -129,8 +130,8 @@ def evaluate(model: VeltrixEncoderModel, data: dict[str, torch.Tensor], captions
     results = evaluate_encoded_modalities(model, data, captions)
     frames = data["pixel_values"]
     psnr_by_units = {}
-    for k in range(1, model.config.num_units + 1):
-        reconstruction = model.decode_frames(model(frames, num_units=k).units)
+    for k in range(1, model.config.num_resampled_units + 1):
+        reconstruction = model.decode_frames(model(frames, num_resampled_units=k).units)
         psnr_by_units[str(k)] = round(psnr(reconstruction, frames), 3)
     return {**results, "psnr_by_num_units": psnr_by_units}
 

@@ -20,8 +20,8 @@ import os
 
 from transformers.utils import logging
 
-from modeling_veltrix.evaluation import save_report
-from modeling_veltrix.evolver_benchmarks import EvolverBenchmarkSettings, run_evolver_benchmarks
+from modeling_veltrix.benchmarks import save_report
+from modeling_veltrix.benchmarks.evolver import EvolverBenchmarkSettings, run_evolver_benchmarks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

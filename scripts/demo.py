@@ -27,27 +27,26 @@ import time
 import torch
 from safetensors.torch import save_file
 
+from modeling_veltrix.benchmarks import environment_record
 from modeling_veltrix.evaluation import (
-    environment_record,
     evaluate_encoded_modalities,
     evaluate_future_modalities,
     evaluate_rollouts,
     rollout_targets,
 )
-from modeling_veltrix.model_card import render_model_card, save_model_card, validate_model_card
-from modeling_veltrix.remote_code_check import run_without_package
+from modeling_veltrix.evaluation.visualization import save_error_plot, save_rollout_gif
+from modeling_veltrix.hub.model_card import render_model_card, save_model_card, validate_model_card
+from modeling_veltrix.hub.remote_code_check import run_without_package
+from modeling_veltrix.repository_check import write_json_atomic
 from modeling_veltrix.training import (
     STAGES,
     VeltrixTrainingRecipe,
     assemble_pipeline,
     build_datasets,
     load_or_create_models,
-    save_pretrained_atomic,
     train_stages,
     world_action_dim,
-    write_json_atomic,
 )
-from modeling_veltrix.visualization import save_error_plot, save_rollout_gif
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELOAD_CHECK_SEED = 1234
@@ -138,7 +137,7 @@ def main() -> None:
     encoder, evolver, decoder = models
     pipeline.set_progress_bar_config(disable=True)
     pipeline_dir = os.path.join(args.output_dir, "pipeline")
-    save_pretrained_atomic(pipeline, pipeline_dir)
+    pipeline.save_pretrained(pipeline_dir)
 
     horizon = 3 * recipe.rollout_window
     evaluation = evaluate_rollouts(
@@ -180,7 +179,7 @@ def main() -> None:
     save_rollout_gif(
         evaluation.true_frames[:4], evaluation.predicted_frames[:4], os.path.join(args.output_dir, "rollout.gif")
     )
-    save_error_plot(evaluation.pixel_mse, recipe.rollout_window, os.path.join(args.output_dir, "error_vs_horizon.png"))
+    save_error_plot(evaluation.pixel_mse, os.path.join(args.output_dir, "error_vs_horizon.png"), recipe.rollout_window)
 
     check_file = os.path.join(args.output_dir, "reload_check.safetensors")
     sample = held_out[:2]

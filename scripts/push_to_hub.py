@@ -21,7 +21,7 @@ import torch
 from huggingface_hub import HfApi
 
 from modeling_veltrix import VeltrixPipeline
-from modeling_veltrix.hub_bundle import VeltrixBundle, assemble_repository
+from modeling_veltrix.hub.bundle import VeltrixBundle, assemble_repository
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,7 +20,6 @@ from modeling_veltrix.training import (
     assemble_pipeline,
     build_datasets,
     load_or_create_models,
-    save_pretrained_atomic,
     train_stages,
     world_action_dim,
 )
@@ -46,7 +45,7 @@ def main() -> None:
     stages = STAGES if args.stage == "all" else (args.stage,)
     train_stages(stages, models, args.preset, train_dataset, recipe, args.output_dir, resume=not args.no_resume)
     if all(os.path.isdir(os.path.join(args.output_dir, component)) for component in COMPONENTS):
-        save_pretrained_atomic(assemble_pipeline(models, args.preset), os.path.join(args.output_dir, "pipeline"))
+        assemble_pipeline(models, args.preset).save_pretrained(os.path.join(args.output_dir, "pipeline"))
         print(f"[veltrix] pipeline saved to {os.path.join(args.output_dir, 'pipeline')}")
 
 

@@ -31,7 +31,7 @@ def tiny_encoder_config(**overrides) -> VeltrixEncoderConfig:
         num_mixing_layers=1,
         num_attention_heads=2,
         action_dim=ACTION_DIM,
-        num_units=4,
+        num_resampled_units=4,
     )
     return VeltrixEncoderConfig(**{**values, **overrides})
 
@@ -39,7 +39,7 @@ def tiny_encoder_config(**overrides) -> VeltrixEncoderConfig:
 def tiny_evolver_config(**overrides) -> VeltrixEvolverConfig:
     values = dict(
         unit_dim=UNIT_DIM,
-        num_units=16,
+        num_units_per_step=16,
         hidden_size=16,
         num_hidden_layers=2,
         state_size=4,

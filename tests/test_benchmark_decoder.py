@@ -14,7 +14,10 @@ def test_quick_run_writes_the_report(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark_decoder.py"), "--quick", "--output", str(output)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -33,6 +36,8 @@ def test_quick_run_writes_the_report(tmp_path):
 def test_needs_exactly_one_source(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark_decoder.py"), "--output", str(tmp_path / "x.json")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "--pipeline DIR or --quick" in result.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_veltrix.hub_bundle import VeltrixBundle
-from modeling_veltrix.hub_repository import check_repository
+from modeling_veltrix.hub.bundle import VeltrixBundle
+from modeling_veltrix.repository_check import check_repository
 from modeling_veltrix.worlds import build_world_dataset
 
 REPO = Path(__file__).parent.parent

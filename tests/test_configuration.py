@@ -23,8 +23,8 @@ def test_round_trip(tmp_path, config_class):
 
 def test_derived_sizes():
     assert VeltrixEncoderConfig(image_size=32, patch_size=4).num_units_per_step == 64
-    assert VeltrixEncoderConfig(unit_layout="resampler", num_units=9).num_units_per_step == 9
-    config = VeltrixEvolverConfig(hidden_size=64, expand=2, head_dim=16, num_units=49)
+    assert VeltrixEncoderConfig(unit_layout="resampler", num_resampled_units=9).num_units_per_step == 9
+    config = VeltrixEvolverConfig(hidden_size=64, expand=2, head_dim=16, num_units_per_step=49)
     assert (config.num_heads, config.unit_grid_size) == (8, 7)
 
 
@@ -35,7 +35,7 @@ def test_derived_sizes():
         (VeltrixEncoderConfig, {"unit_layout": "pixels"}, "unit_layout"),
         (VeltrixEncoderConfig, {"mixing_kernel_size": 4}, "mixing_kernel_size"),
         (VeltrixEncoderConfig, {"unit_dim": 0}, "unit_dim"),
-        (VeltrixEvolverConfig, {"num_units": 10, "unit_mixer": "conv"}, "num_units"),
+        (VeltrixEvolverConfig, {"num_units_per_step": 10, "unit_mixer": "conv"}, "num_units_per_step"),
         (VeltrixEvolverConfig, {"unit_mixer": "mlp"}, "unit_mixer"),
         (VeltrixEvolverConfig, {"scan_implementation": "fft"}, "scan_implementation"),
         (VeltrixEvolverConfig, {"head_dim": 48}, "head_dim"),

@@ -227,8 +227,15 @@ def test_overfits_two_images_and_samples_them_back():
 
 def test_paired_noise_is_used_and_checked():
     """Reflow passes the teacher's noise: the loss must use it, and reject a wrong shape."""
-    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
-                                  cross_attention_dim=4, max_context_units=4)
+    decoder = VeltrixDecoderModel(
+        sample_size=8,
+        patch_size=2,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+    )
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     frames, units = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4)
@@ -242,19 +249,42 @@ def test_paired_noise_is_used_and_checked():
 
 
 def test_aligned_context_needs_one_unit_per_patch():
-    decoder = VeltrixDecoderModel(sample_size=8, patch_size=4, hidden_size=16, num_layers=1, num_attention_heads=2,
-                                  cross_attention_dim=4, max_context_units=4, aligned_context=True)
+    decoder = VeltrixDecoderModel(
+        sample_size=8,
+        patch_size=4,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+        aligned_context=True,
+    )
     assert decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 4, 4)).sample.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="max_context_units"):
-        VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_attention_heads=2,
-                            cross_attention_dim=4, max_context_units=4, aligned_context=True)
+        VeltrixDecoderModel(
+            sample_size=8,
+            patch_size=2,
+            hidden_size=16,
+            num_attention_heads=2,
+            cross_attention_dim=4,
+            max_context_units=4,
+            aligned_context=True,
+        )
 
 
 def test_temporal_context_needs_the_previous_frame():
-    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
-                                  cross_attention_dim=4, max_context_units=4, temporal_context=True)
+    decoder = VeltrixDecoderModel(
+        sample_size=8,
+        patch_size=2,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+        temporal_context=True,
+    )
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     sample, units, previous = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4), torch.randn(2, 3, 8, 8)
@@ -264,21 +294,42 @@ def test_temporal_context_needs_the_previous_frame():
     for bad in (None, torch.randn(2, 3, 4, 4), torch.full((2, 3, 8, 8), float("nan"))):
         with pytest.raises(ValueError, match="previous_frame"):
             decoder(sample, 500.0, units, bad)
-    plain = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
-                                cross_attention_dim=4, max_context_units=4)
+    plain = VeltrixDecoderModel(
+        sample_size=8,
+        patch_size=2,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+    )
     with pytest.raises(ValueError, match="previous_frame"):
         plain(sample, 500.0, units, previous)
 
 
 @pytest.mark.parametrize("weighting", ["none", "sigma_sqrt", "cosmap"])
 def test_loss_weighting_matches_diffusers(weighting):
-    decoder = VeltrixDecoderModel(sample_size=8, patch_size=2, hidden_size=16, num_layers=1, num_attention_heads=2,
-                                  cross_attention_dim=4, max_context_units=4)
+    decoder = VeltrixDecoderModel(
+        sample_size=8,
+        patch_size=2,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+    )
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     frames, units, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 4, 4), torch.randn(3, 3, 8, 8)
-    loss = flow_matching_loss(decoder, frames, units, generator=torch.Generator().manual_seed(5), noise=noise,
-                              time_sampling="uniform", loss_weighting=weighting)
+    loss = flow_matching_loss(
+        decoder,
+        frames,
+        units,
+        generator=torch.Generator().manual_seed(5),
+        noise=noise,
+        time_sampling="uniform",
+        loss_weighting=weighting,
+    )
     sigmas = compute_density_for_timestep_sampling("uniform", 3, generator=torch.Generator().manual_seed(5))
     noisy = (1 - sigmas[:, None, None, None]) * frames + sigmas[:, None, None, None] * noise
     velocity = decoder(noisy, sigmas * 1000, units).sample

@@ -6,7 +6,7 @@ from conftest import fused_config, fused_inputs, random_frames, randomize_, tiny
 from transformers import AutoModel
 
 from modeling_veltrix import VeltrixEncoderModel
-from modeling_veltrix.modeling_veltrix_encoder import patchify, unpatchify
+from modeling_veltrix.frame_units import patchify, unpatchify
 from modeling_veltrix.text_units import byte_tokenize
 
 
@@ -19,7 +19,7 @@ def test_units_shape_and_bounds(layout, units):
     assert out.units.shape == (2, 3, units, 8)
     assert out.units.abs().max() <= 1.0
     assert out.reconstruction.shape == frames.shape
-    assert torch.equal(out.conditions, actions)
+    assert torch.equal(out.actions, actions)
     torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.reconstruction, frames))
 
 
@@ -148,14 +148,14 @@ def test_fused_steps_are_encoded_independently():
 def test_num_units_keeps_the_first_resampled_units():
     model = randomize_(VeltrixEncoderModel(fused_config(unit_layout="resampler"))).eval()
     inputs = fused_inputs()
-    out = model(**inputs, num_units=1)
+    out = model(**inputs, num_resampled_units=1)
     parts = model.decompose(out.units)
     assert parts["frames"][:, :, 1:].abs().max() < 1e-5 and parts["frames"][:, :, 0].abs().max() > 1e-3
-    assert parts["text"][:, :, 1:].abs().max() > 1e-3  # num_units keeps frame units only
+    assert parts["text"][:, :, 1:].abs().max() > 1e-3  # num_resampled_units keeps frame units only
     assert parts["audio"].abs().max() > 1e-3
     assert out.unit_mask[0, 0].tolist() == [True, True, True, True]  # audio fills every slot
     frames_only = VeltrixEncoderModel(tiny_encoder_config(unit_layout="resampler")).eval()
-    units = frames_only(random_frames(), num_units=3).units
+    units = frames_only(random_frames(), num_resampled_units=3).units
     assert units[:, :, 3:].abs().max() == 0 and units[:, :, :3].abs().max() > 0
 
 
@@ -209,7 +209,7 @@ def test_caption_head_learns_captions():
         ({"audio_codes": None, "audio_features": torch.zeros(2, 2, 2, 3)}, "audio_features"),  # T differs
         ({"audio_features": torch.zeros(2, 3, 2, 3)}, "audio_"),  # two audio inputs
         ({"audio_codes": None, "audio_values": torch.zeros(2, 3, 100)}, "audio_values"),
-        ({"num_units": 5}, "num_units"),
+        ({"num_resampled_units": 5}, "num_resampled_units"),
     ],
 )
 def test_bad_multimodal_inputs(change, argument):
@@ -223,8 +223,8 @@ def test_frames_only_encoder_rejects_other_modalities():
     model = VeltrixEncoderModel(tiny_encoder_config())
     with pytest.raises(ValueError, match="text"):
         model(random_frames(), input_ids=torch.ones(2, 3, 8, dtype=torch.int64), attention_mask=torch.ones(2, 3, 8))
-    with pytest.raises(ValueError, match="num_units"):
-        model(random_frames(), num_units=2)  # grid units are not resampled
+    with pytest.raises(ValueError, match="num_resampled_units"):
+        model(random_frames(), num_resampled_units=2)  # grid units are not resampled
     with pytest.raises(ValueError, match="decompose"):
         model.decompose(torch.zeros(2, 3, 16, 8))
 

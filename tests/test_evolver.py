@@ -8,7 +8,7 @@ from conftest import randomize_, tiny_encoder_config, tiny_evolver_config
 from transformers import AutoModel
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
-from modeling_veltrix.evolver_benchmarks import LiveTensorMemory
+from modeling_veltrix.benchmarks.evolver import LiveTensorMemory
 from modeling_veltrix.modeling_veltrix_evolver import (
     VeltrixCounterfactualRolloutOutput,
     VeltrixIntervention,
@@ -65,7 +65,7 @@ def test_cache_and_steps_equal_full_forward(mixer):
 def test_rollout_equals_feeding_predictions_back():
     model = make_model()
     units, timestamps, actions = trajectory()
-    rollout = model.rollout(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9])
+    rollout = model.rollout(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9])
     assert rollout.units.shape == (2, 5, 16, 8)
     torch.testing.assert_close(rollout.timestamps, timestamps[:, 4:9])
     # Re-run the whole open-loop trajectory through the parallel forward: the same numbers.
@@ -98,8 +98,8 @@ def test_actions_change_the_future_only_after_they_act():
     units, timestamps, actions = trajectory()
     edited = actions.clone()
     edited[:, 6] += 3.0
-    a = model.rollout(units[:, :4], 7, conditions=actions, timestamps=timestamps).units
-    b = model.rollout(units[:, :4], 7, conditions=edited, timestamps=timestamps).units
+    a = model.rollout(units[:, :4], 7, actions=actions, timestamps=timestamps).units
+    b = model.rollout(units[:, :4], 7, actions=edited, timestamps=timestamps).units
     # Future step k of the rollout is the state at trajectory index 4 + k; the action at index 6 acts on 6 -> 7.
     torch.testing.assert_close(a[:, :3], b[:, :3], rtol=0, atol=0)
     assert (a[:, 3] - b[:, 3]).abs().max() > 1e-6
@@ -143,7 +143,7 @@ def test_bad_inputs_name_the_argument():
         (lambda: model(units, timestamps, prediction_timestamps=timestamps), "prediction_timestamps"),
         (lambda: model.rollout(units, 0), "num_steps"),
         (lambda: model.rollout(units[:, :4], 3, timestamps=timestamps[:, :6]), "timestamps"),
-        (lambda: model.rollout(units[:, :4], 3, conditions=actions[:, :4]), "conditions"),
+        (lambda: model.rollout(units[:, :4], 3, actions=actions[:, :4]), "actions"),
     ]
     for call, argument in cases:
         with pytest.raises(ValueError, match=argument):
@@ -160,15 +160,15 @@ def test_free_mode_uses_the_null_condition():
     units, timestamps, actions = trajectory()
     free = model.rollout(units[:, :4], 5, timestamps=timestamps[:, :9], mode="free").units
     assert torch.equal(free, model.rollout(units[:, :4], 5, timestamps=timestamps[:, :9]).units)
-    conditional = model.rollout(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9])
+    conditional = model.rollout(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9])
     assert (free - conditional.units).abs().max() > 1e-6
 
 
 def test_rollout_stream_equals_rollout():
     model = make_model()
     units, timestamps, actions = trajectory()
-    rollout = model.rollout(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9])
-    stream = list(model.rollout_stream(units[:, :4], 5, conditions=actions[:, :9], timestamps=timestamps[:, :9]))
+    rollout = model.rollout(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9])
+    stream = list(model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9]))
     torch.testing.assert_close(torch.stack([s for _, s in stream], 1), rollout.units, rtol=0, atol=0)
     torch.testing.assert_close(torch.stack([t for t, _ in stream], 1), rollout.timestamps, rtol=0, atol=0)
 
@@ -177,7 +177,7 @@ def test_single_context_step_matches_forward():
     """With one observed step the rollout starts from zero states, as `forward` does."""
     model = make_model()
     units, timestamps, actions = trajectory()
-    first = model.rollout(units[:, :1], 1, conditions=actions[:, :2], timestamps=timestamps[:, :2]).units[:, 0]
+    first = model.rollout(units[:, :1], 1, actions=actions[:, :2], timestamps=timestamps[:, :2]).units[:, 0]
     expected = model(units[:, :1], timestamps[:, :1], actions[:, :1], prediction_timestamps=timestamps[:, 1:2])
     torch.testing.assert_close(first, expected.predicted_units[:, 0], rtol=0, atol=1e-10)
 
@@ -185,19 +185,19 @@ def test_single_context_step_matches_forward():
 def test_mode_arguments_are_checked():
     model = make_model()
     units, timestamps, actions = trajectory()
-    context, conditions = units[:, :4], actions[:, :9]
+    context, trajectory_actions = units[:, :4], actions[:, :9]
     impulse = VeltrixIntervention(step=1, state_delta=torch.ones_like(units[:, 0]))
     cases = [
         (dict(mode="dreaming"), "mode"),
-        (dict(mode="conditional"), "conditions"),
-        (dict(mode="free", conditions=conditions), "conditions"),
-        (dict(mode="counterfactual", conditions=conditions), "interventions"),
-        (dict(mode="conditional", conditions=conditions, interventions=impulse), "interventions"),
+        (dict(mode="conditional"), "actions"),
+        (dict(mode="free", actions=trajectory_actions), "actions"),
+        (dict(mode="counterfactual", actions=trajectory_actions), "interventions"),
+        (dict(mode="conditional", actions=trajectory_actions, interventions=impulse), "interventions"),
         (dict(interventions=[]), "interventions"),
         (dict(interventions=[impulse, "push"]), r"interventions\[1\]"),
         (dict(interventions=VeltrixIntervention(step=5, state_delta=impulse.state_delta)), r"interventions\[0\].step"),
         (dict(interventions=VeltrixIntervention(step=0)), r"interventions\[0\]"),
-        (dict(interventions=VeltrixIntervention(step=2, conditions=actions[:, :5])), r"interventions\[0\].conditions"),
+        (dict(interventions=VeltrixIntervention(step=2, actions=actions[:, :5])), r"interventions\[0\].actions"),
         (
             dict(interventions=VeltrixIntervention(step=0, state_delta=units[:, 0, :3])),
             r"interventions\[0\].state_delta",
@@ -238,14 +238,14 @@ def test_counterfactual_changes_the_branch_from_step_k_on(bouncing_balls_units, 
     if kind == "impulse":  # an extra push on ball 0 at the transition into future step `step`, the rest unchanged
         edited = actions[:, context - 1 + step : context - 1 + horizon].clone()
         edited[:, 0] += torch.tensor([3.0, -2.0])
-        intervention = VeltrixIntervention(step=step, conditions=edited)
+        intervention = VeltrixIntervention(step=step, actions=edited)
     else:
         intervention = VeltrixIntervention(step=step, state_delta=torch.full_like(units[:, 0], 0.5))
     with torch.no_grad():
         out = model.rollout(
-            units[:, :context], horizon, conditions=actions, timestamps=timestamps, interventions=intervention
+            units[:, :context], horizon, actions=actions, timestamps=timestamps, interventions=intervention
         )
-        factual = model.rollout(units[:, :context], horizon, conditions=actions, timestamps=timestamps)
+        factual = model.rollout(units[:, :context], horizon, actions=actions, timestamps=timestamps)
     assert isinstance(out, VeltrixCounterfactualRolloutOutput)
     assert out.counterfactual_units.shape == out.units.shape == (2, horizon, 16, 8)
     assert out.divergence.shape == (2, horizon)
@@ -260,7 +260,7 @@ def test_counterfactual_changes_the_branch_from_step_k_on(bouncing_balls_units, 
 def test_counterfactual_from_a_free_branch_and_several_interventions():
     model = make_model()
     units, timestamps, actions = trajectory()
-    push = VeltrixIntervention(step=2, conditions=actions[:, 5:8])
+    push = VeltrixIntervention(step=2, actions=actions[:, 5:8])
     kick = VeltrixIntervention(step=3, state_delta=torch.ones_like(units[:, 0]))
     out = model.rollout(
         units[:, :4], 5, timestamps=timestamps[:, :9], mode="counterfactual", interventions=[push, kick]
@@ -283,7 +283,7 @@ def test_counterfactual_from_a_free_branch_and_several_interventions():
 
 def test_ten_thousand_step_rollout_stays_finite_in_constant_memory():
     torch.manual_seed(0)
-    config = tiny_evolver_config(num_units=1, unit_mixer="attention", num_hidden_layers=1, time_step_max=1.0)
+    config = tiny_evolver_config(num_units_per_step=1, unit_mixer="attention", num_hidden_layers=1, time_step_max=1.0)
     model = randomize_(VeltrixEvolverModel(config)).eval()
     context = torch.rand(1, 4, 1, 8) * 2 - 1
     with torch.no_grad():
@@ -302,7 +302,7 @@ def test_ten_thousand_step_rollout_stays_finite_in_constant_memory():
 
 def test_lyapunov_penalty():
     units, timestamps, actions = (t.float() for t in trajectory())
-    context, kwargs = units[:, :4], {"conditions": actions[:, :9], "timestamps": timestamps[:, :9]}
+    context, kwargs = units[:, :4], {"actions": actions[:, :9], "timestamps": timestamps[:, :9]}
     # An untrained evolver moves nothing: a perturbation keeps its size, no step expands it.
     still = VeltrixEvolverModel(tiny_evolver_config())
     reference = still.rollout(context, 5, **kwargs).units
@@ -322,7 +322,7 @@ def test_lyapunov_penalty():
 def test_midpoint_rollout_halves_every_interval():
     model = make_model()
     units, timestamps, actions = trajectory()
-    out = midpoint_rollout(model, units[:, :4], 3, conditions=actions[:, :7], timestamps=timestamps[:, :7])
+    out = midpoint_rollout(model, units[:, :4], 3, actions=actions[:, :7], timestamps=timestamps[:, :7])
     # By hand: a midpoint inside each future interval; an interval's action on its first half, none on the second.
     ends = timestamps[:, 3:7]
     fine_times = [timestamps[:, :4]]
@@ -332,11 +332,11 @@ def test_midpoint_rollout_halves_every_interval():
         fine_actions += [actions[:, 3 + k, None], torch.zeros_like(actions[:, :1])]
     fine_actions.append(torch.zeros_like(actions[:, :1]))
     by_hand = model.rollout(
-        units[:, :4], 6, conditions=torch.cat(fine_actions, 1), timestamps=torch.cat(fine_times, 1)
+        units[:, :4], 6, actions=torch.cat(fine_actions, 1), timestamps=torch.cat(fine_times, 1)
     ).units
     torch.testing.assert_close(out, by_hand[:, 1::2], rtol=0, atol=0)
     assert (
-        out - model.rollout(units[:, :4], 3, conditions=actions[:, :7], timestamps=timestamps[:, :7]).units
+        out - model.rollout(units[:, :4], 3, actions=actions[:, :7], timestamps=timestamps[:, :7]).units
     ).abs().max() > 1e-6
     still = VeltrixEvolverModel(tiny_evolver_config()).double()
     torch.testing.assert_close(midpoint_rollout(still, units[:, :4], 3), units[:, 3:4].expand(-1, 3, -1, -1))

@@ -3,6 +3,7 @@ process where `import modeling_veltrix` fails (`trust_remote_code=True`): `Diffu
 `AutoModel.from_pretrained(folder/<component>)`, `pipeline(model=folder)`. Damaged folders raise errors naming the
 file; the source inliner flattens relative imports."""
 
+import ast
 import hashlib
 import json
 import os
@@ -27,8 +28,11 @@ from modeling_veltrix import (
     VeltrixRepositoryError,
     VeltrixWorldModel,
 )
-from modeling_veltrix.remote_code_check import run_without_package
-from modeling_veltrix.source_inlining import LOADER_RELATIVE_IMPORT, inline_relative_imports
+from modeling_veltrix.hub.remote_code_check import run_without_package
+from modeling_veltrix.hub.source_inlining import LOADER_RELATIVE_IMPORT, inline_relative_imports
+
+PACKAGE_ROOT = Path(__file__).parent.parent / "modeling_veltrix"
+TOOLING_SUBPACKAGES = sorted(p.name for p in PACKAGE_ROOT.iterdir() if (p / "__init__.py").exists())
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +116,7 @@ def test_saved_folder_is_a_complete_hub_repository(saved):
         source = code.read_text()
         compile(source, str(code), "exec")
         assert not LOADER_RELATIVE_IMPORT.search(source), code
-        assert "modeling_veltrix." not in source.replace("modeling_veltrix.source_inlining", ""), code
+        assert "modeling_veltrix." not in source.replace("modeling_veltrix.hub.source_inlining", ""), code
 
 
 def test_loads_with_trust_remote_code_where_the_package_cannot_be_imported(saved, tmp_path):
@@ -149,7 +153,7 @@ def test_world_rollout_task_needs_no_remote_code_with_the_package(saved):
     single = rollout(reference["frames"][0], actions=reference["actions"][0], timestamps=reference["timestamps"][0])
     assert len(single["frames"]) == NUM_FUTURE_STEPS and isinstance(single["frames"][0], PIL.Image.Image)
     torch.testing.assert_close(single["timestamps"], reference["timestamps"][0, -NUM_FUTURE_STEPS:])
-    with pytest.raises(ValueError, match="frames"):
+    with pytest.raises(ValueError, match="pixel_values"):
         rollout(reference["frames"][0, 0])
     with pytest.raises(ValueError, match="output_type"):
         rollout(reference["frames"], output_type="latent")
@@ -293,7 +297,7 @@ def test_inliner_rejects_import_cycles(tmp_path):
 
 def test_every_package_module_that_a_folder_carries_inlines(saved):
     folder, _, _ = saved
-    package = os.path.dirname(inline_relative_imports.__code__.co_filename)
+    package = str(PACKAGE_ROOT)
     for module in ("modeling_veltrix_encoder", "modeling_veltrix_evolver", "modeling_veltrix_decoder"):
         source = inline_relative_imports(os.path.join(package, f"{module}.py"))
         assert (folder / module.removeprefix("modeling_veltrix_") / f"{module}.py").read_text() == source
@@ -340,3 +344,53 @@ def test_truncated_component_weights_name_the_file(saved, tmp_path, component):
     )
     result = run_without_package(code, [str(copy / component)], str(tmp_path / "work"))
     assert f"ERROR: {path} is truncated" in result.stdout, result.stderr[-3000:]
+
+
+def tooling_names() -> set[str]:
+    """The subpackages' names and every name that their modules define at top level."""
+    names = set(TOOLING_SUBPACKAGES)
+    for module in PACKAGE_ROOT.glob("*/*.py"):
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+    return names - {"__all__"}
+
+
+def test_root_modules_never_import_a_subpackage():
+    assert {"worlds", "training", "evaluation", "hub", "benchmarks"} <= set(TOOLING_SUBPACKAGES)
+    for module in PACKAGE_ROOT.glob("*.py"):
+        if module.name == "__init__.py":  # the package's entry point registers the tooling (Hub export)
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module, f"{module.name}: `from {'.' * node.level}{node.module or ''}`"
+                assert node.module.split(".")[0] not in TOOLING_SUBPACKAGES, f"{module.name} imports {node.module}"
+                assert (PACKAGE_ROOT / f"{node.module}.py").exists(), f"{module.name} imports {node.module}"
+
+
+def test_published_code_is_the_model_alone(saved):
+    """Every code file of a saved folder (the inlined root pipeline file and component files) defines and uses no
+    name of the tooling subpackages."""
+    folder, _, _ = saved
+    tooling = tooling_names()
+    assert {"inline_relative_imports", "write_hub_code", "build_world_dataset", "train_stages"} <= tooling
+    line_counts = {}
+    for code in sorted(folder.rglob("*.py")):
+        source = code.read_text()
+        used = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
+        defined = {
+            node.name
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
+        assert not (used | defined) & tooling, f"{code.relative_to(folder)}: {sorted((used | defined) & tooling)}"
+        line_counts[code.relative_to(folder).as_posix()] = len(source.splitlines())
+    print("published line counts:", line_counts)
+    assert set(line_counts) == {
+        "pipeline_veltrix.py",
+        "encoder/modeling_veltrix_encoder.py",
+        "evolver/modeling_veltrix_evolver.py",
+        "decoder/modeling_veltrix_decoder.py",
+    }

@@ -16,11 +16,12 @@ from huggingface_hub import ModelCard, metadata_load
 from loopback_hub import LoopbackHub
 
 from modeling_veltrix import VeltrixPipeline
-from modeling_veltrix.evaluation import environment_record, evaluate_rollouts, rollout_targets
-from modeling_veltrix.model_card import validate_model_card
-from modeling_veltrix.remote_code_check import run_without_package
+from modeling_veltrix.benchmarks import environment_record
+from modeling_veltrix.evaluation import evaluate_rollouts, rollout_targets
+from modeling_veltrix.evaluation.visualization import save_error_plot, save_rollout_gif
+from modeling_veltrix.hub.model_card import validate_model_card
+from modeling_veltrix.hub.remote_code_check import run_without_package
 from modeling_veltrix.training import COMPONENTS, VeltrixTrainingRecipe
-from modeling_veltrix.visualization import save_error_plot, save_rollout_gif
 from modeling_veltrix.worlds import build_world_dataset
 
 REPO = Path(__file__).parent.parent
@@ -64,7 +65,7 @@ def run_dir(tmp_path_factory) -> Path:
     }
     (root / "metrics.json").write_text(json.dumps(metrics))
     save_rollout_gif(evaluation.true_frames, evaluation.predicted_frames, str(root / "rollout.gif"))
-    save_error_plot(evaluation.pixel_mse, WINDOW, str(root / "error_vs_horizon.png"))
+    save_error_plot(evaluation.pixel_mse, str(root / "error_vs_horizon.png"), WINDOW)
     return root
 
 

@@ -118,15 +118,27 @@ def test_save_load_reproduces_in_a_fresh_process(tiny_pipeline, tmp_path):
 
 
 def test_temporal_decoder_decodes_step_by_step(tiny_pipeline):
-    decoder = randomize_(VeltrixDecoderModel(sample_size=IMAGE_SIZE, patch_size=4, hidden_size=32, num_layers=1,
-                                             num_attention_heads=2, cross_attention_dim=8, max_context_units=16,
-                                             temporal_context=True), std=0.05).eval()
-    pipe = VeltrixPipeline(encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=decoder,
-                           scheduler=tiny_pipeline.scheduler)
+    decoder = randomize_(
+        VeltrixDecoderModel(
+            sample_size=IMAGE_SIZE,
+            patch_size=4,
+            hidden_size=32,
+            num_layers=1,
+            num_attention_heads=2,
+            cross_attention_dim=8,
+            max_context_units=16,
+            temporal_context=True,
+        ),
+        std=0.05,
+    ).eval()
+    pipe = VeltrixPipeline(
+        encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=decoder, scheduler=tiny_pipeline.scheduler
+    )
     pipe.set_progress_bar_config(disable=True)
     frames = random_frames()
-    out = pipe(frames, num_future_steps=3, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
-               output_type="pt")
+    out = pipe(
+        frames, num_future_steps=3, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt"
+    )
     # By hand: the same noise, each step conditioned on the frame decoded before it.
     latents = pipe.prepare_latents(6, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(3))
     latents, previous, expected = latents.reshape(2, 3, 3, IMAGE_SIZE, IMAGE_SIZE), frames[:, -1], []
@@ -143,13 +155,17 @@ def test_decode_units_and_scheduler_validation(tiny_pipeline):
     with pytest.raises(ValueError, match="num_inference_steps"):
         tiny_pipeline.decode_units(torch.zeros(2, 16, 8), 0)
     with pytest.raises(ValueError, match="scheduler"):
-        VeltrixPipeline(encoder=tiny_pipeline.encoder, evolver=tiny_pipeline.evolver, decoder=tiny_pipeline.decoder,
-                        scheduler=DDPMScheduler())
+        VeltrixPipeline(
+            encoder=tiny_pipeline.encoder,
+            evolver=tiny_pipeline.evolver,
+            decoder=tiny_pipeline.decoder,
+            scheduler=DDPMScheduler(),
+        )
 
 
 def test_counterfactual_rollout_renders_both_branches_from_the_same_noise(tiny_pipeline):
     actions = torch.randn(2, 6, 2, generator=torch.Generator().manual_seed(3))
-    edited = VeltrixIntervention(step=1, conditions=torch.full((2, 2, 2), 3.0))
+    edited = VeltrixIntervention(step=1, actions=torch.full((2, 2, 2), 3.0))
     out = call(tiny_pipeline, actions=actions, interventions=edited, output_type="pt")
     factual = call(tiny_pipeline, actions=actions, output_type="pt")
     torch.testing.assert_close(out.frames, factual.frames)

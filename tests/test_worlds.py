@@ -164,12 +164,12 @@ def test_pendulum_small_angle_half_period():
 @pytest.mark.parametrize("name", WORLD_NAMES)
 def test_impulse_acts_from_the_next_step(name):
     world = get_world(name, impulse_probability=0.0)
-    conditions = world.sample_conditions(num_trajectories=2, num_steps=12, seed=0)
-    assert not conditions["actions"].any()
-    baseline = world.simulate(**conditions)
-    kicked_actions = conditions["actions"].copy()
+    inputs = world.sample_simulation_inputs(num_trajectories=2, num_steps=12, seed=0)
+    assert not inputs["actions"].any()
+    baseline = world.simulate(**inputs)
+    kicked_actions = inputs["actions"].copy()
     kicked_actions[:, 5] = 1.5 * world.config.impulse_scale * np.array([1.0, -0.7][: world.action_dim])
-    kicked = world.simulate(conditions["initial_states"], kicked_actions, conditions["timestamps"])
+    kicked = world.simulate(inputs["initial_states"], kicked_actions, inputs["timestamps"])
     for key in ("physics", "pixel_values"):
         np.testing.assert_array_equal(kicked[key][:, :6], baseline[key][:, :6])
         change = np.abs(kicked[key][:, 6] - baseline[key][:, 6]).reshape(2, -1).max(axis=1)

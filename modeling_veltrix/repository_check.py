@@ -1,32 +1,26 @@
-"""The Hugging Face Hub repository layout of a saved `VeltrixPipeline`: one folder that every loader reads, and the
-checks that run before a folder is loaded.
+"""Checks a saved pipeline folder before a loader reads it, so that a damaged or incompatible folder gets an error
+naming the file instead of a library error (or a half-loaded model): its layout version, components, configs and
+safetensors weights (`weights_check`). Also the atomic writes that saves use.
 
-On top of what `DiffusionPipeline.save_pretrained` writes (each component's config and safetensors weights, the
-scheduler config, `model_index.json`), `write_hub_code` adds the code, flattened so that every file stands alone
-(see `source_inlining`):
+The layout of a saved pipeline folder (written by `VeltrixPipeline.save_pretrained`; the installed package adds the
+code files with its Hub export):
 
-    model_index.json          components named by their own code files, `_class_name` by the root file,
-                              `_veltrix_format` (the layout version)
-    pipeline_veltrix.py       the pipeline: diffusers' custom pipeline and the transformers `auto_map` target
+    model_index.json          components, `_class_name`, `_veltrix_format` (the layout version), call defaults
+    pipeline_veltrix.py       the root pipeline file (diffusers' custom pipeline, the transformers `auto_map` target)
     config.json               `VeltrixWorldConfig`: `auto_map` and `custom_pipelines` for `pipeline(model=folder)`
-    encoder/                  config.json (`auto_map`: AutoConfig, AutoModel), model.safetensors,
-                              modeling_veltrix_encoder.py
-    evolver/                  likewise
-    decoder/                  config.json, diffusion_pytorch_model.safetensors, modeling_veltrix_decoder.py
+    encoder/, evolver/        config.json (`auto_map`), model.safetensors, the component's own code file
+    decoder/                  config.json, diffusion_pytorch_model.safetensors, its code file
     scheduler/                scheduler_config.json
-
-Weights are written once, in the component folders; the root holds code and configuration only.
 """
 
-import inspect
 import json
 import os
+import shutil
+from collections.abc import Callable
 
 from huggingface_hub import snapshot_download
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .pipeline_world_rollout import TASK, VeltrixWorldConfig, VeltrixWorldRolloutPipeline
-from .source_inlining import inline_relative_imports
 from .weights_check import VeltrixRepositoryError, check_safetensors
 
 HUB_FORMAT = 1  # the layout version written to model_index.json; a loader reads layouts up to its own
@@ -37,7 +31,7 @@ LIBRARIES = ("diffusers", "transformers")
 NOT_LOADED = ["README.md", "*.gif", "*.png"]
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise VeltrixRepositoryError(f"{path} is missing.")
     try:
@@ -45,68 +39,6 @@ def _read_json(path: str) -> dict:
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise VeltrixRepositoryError(f"{path} is not valid JSON: {error}.") from error
-
-
-def _write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
-def module_name(cls: type) -> str:
-    """The file name (without `.py`) under which `cls`'s code is saved: the last part of its module's name."""
-    return cls.__module__.rsplit(".", 1)[-1]
-
-
-def is_library_class(cls: type) -> bool:
-    """Whether `cls` comes with diffusers or transformers (its code is not saved)."""
-    return cls.__module__.split(".")[0] in LIBRARIES
-
-
-def write_hub_code(pipeline, folder: str) -> None:
-    """Adds the self-contained code files, `auto_map`s, the root `config.json` and the code references of
-    `model_index.json` to `folder`, which `DiffusionPipeline.save_pretrained` has just written for `pipeline`."""
-    root = module_name(type(pipeline))
-    code_files = {root: os.path.join(folder, f"{root}.py")}
-    index_path = os.path.join(folder, MODEL_INDEX)
-    index = _read_json(index_path)
-    for name, component in pipeline.components.items():
-        if component is None or is_library_class(type(component)):
-            continue
-        cls = type(component)
-        module = module_name(cls)
-        if module in code_files:
-            raise ValueError(
-                f"The code of component `{name}` would be saved as {module}.py, a name already taken by "
-                f"{code_files[module]}: the Hub loaders keep the code of all components in one namespace."
-            )
-        component_folder = os.path.join(folder, name)
-        code_files[module] = os.path.join(component_folder, f"{module}.py")
-        for stale in os.listdir(component_folder):  # what transformers copied for its own remote-code loader
-            if stale.endswith(".py"):
-                os.remove(os.path.join(component_folder, stale))
-        with open(code_files[module], "w", encoding="utf-8") as handle:
-            handle.write(inline_relative_imports(inspect.getfile(cls)))
-        if isinstance(component, PreTrainedModel):
-            config_path = os.path.join(component_folder, "config.json")
-            config = _read_json(config_path)
-            config["auto_map"] = {
-                "AutoConfig": f"{module}.{type(component.config).__name__}",
-                "AutoModel": f"{module}.{cls.__name__}",
-            }
-            _write_json(config_path, config)
-        index[name] = [module, cls.__name__]
-    with open(code_files[root], "w", encoding="utf-8") as handle:
-        handle.write(inline_relative_imports(inspect.getfile(type(pipeline))))
-    index["_class_name"] = [root, type(pipeline).__name__]
-    index[FORMAT_KEY] = HUB_FORMAT
-    _write_json(index_path, index)
-    world = VeltrixWorldConfig()
-    world.auto_map = {"AutoConfig": f"{root}.VeltrixWorldConfig", "AutoModel": f"{root}.VeltrixWorldModel"}
-    world.custom_pipelines = {
-        TASK: {"impl": f"{root}.{VeltrixWorldRolloutPipeline.__name__}", "pt": ["AutoModel"], "type": "video"}
-    }
-    world.save_pretrained(folder)
 
 
 def _check_component(folder: str, name: str, library: str) -> None:
@@ -133,7 +65,7 @@ def check_repository(folder: str) -> dict:
     (`_veltrix_format`), or a component's folder, configuration or weights are missing or truncated.
     """
     index_path = os.path.join(folder, MODEL_INDEX)
-    index = _read_json(index_path)
+    index = read_json(index_path)
     found = index.get(FORMAT_KEY, 0)
     if not isinstance(found, int) or found > HUB_FORMAT:
         raise VeltrixRepositoryError(
@@ -153,7 +85,7 @@ def check_component_config(folder: str, name: str, cls: type) -> None:
     know: a configuration written by another, incompatible version (newer, or older with a setting since removed),
     whose extra settings would otherwise be dropped silently."""
     path = os.path.join(folder, name, "config.json")
-    saved = _read_json(path)
+    saved = read_json(path)
     if issubclass(cls, PreTrainedModel):
         known = set(cls.config_class().to_dict()) | set(PreTrainedConfig().to_dict()) | {"auto_map", "torch_dtype"}
         unknown = sorted(set(saved) - known)
@@ -191,3 +123,27 @@ def resolve_repository(
         force_download=force_download,
         ignore_patterns=NOT_LOADED,
     )
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Writes JSON (indented, keys sorted) to a temporary file next to `path`, then renames it, so no half-written
+    file is left."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def write_folder_atomically(write: Callable[[str], None], target: str | os.PathLike) -> None:
+    """Calls `write(staging)` on a fresh folder next to `target`, then renames it to `target`: `target` never holds a
+    partial folder, and what it held before is replaced whole."""
+    target = os.path.normpath(os.fspath(target))
+    staging, previous = f"{target}.tmp", f"{target}.old"
+    for path in (staging, previous):
+        shutil.rmtree(path, ignore_errors=True)
+    write(staging)
+    if os.path.isdir(target):
+        os.replace(target, previous)
+    os.replace(staging, target)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -217,7 +217,7 @@ def inline_relative_imports(path: str) -> str:
     if docstring is not None:
         header.append(ast.get_source_segment(main.source, docstring))
     header += futures
-    generated = f"# Generated from {', '.join(f'{m.name}.py' for m in modules)} by modeling_veltrix.source_inlining."
+    generated = f"# Generated from {', '.join(f'{m.name}.py' for m in modules)} by the Veltrix source inliner."
     text = "\n\n".join([*header, generated, *sections, f"# ---- {main.name}.py ----\n{main_body}"]) + "\n"
     ast.parse(text, filename=f"<inlined {main.name}.py>")
     match = LOADER_RELATIVE_IMPORT.search(text)

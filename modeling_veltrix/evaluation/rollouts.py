@@ -4,23 +4,18 @@ All errors are mean squared errors per future step `h = 1 … H`, in pixel space
 space (the encoder's units of the true future frames), averaged over held-out trajectories.
 """
 
-import os
-import platform
-import time
 from dataclasses import dataclass
 
 import datasets
-import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm.auto import tqdm
 
-from .pipeline_veltrix import VeltrixPipeline
-from .training import MODALITY_COLUMNS, observed_modalities, write_json_atomic
-from .worlds import caption_event
+from ..pipeline_veltrix import VeltrixPipeline
+from ..training import MODALITY_COLUMNS, observed_modalities
+from ..worlds import caption_event
 
 PREDICTORS = ("veltrix", "copy_last", "mean_frame")
 
@@ -255,64 +250,9 @@ def rollout_targets(evaluation: RolloutEvaluation, window: int) -> list[dict]:
     ]
 
 
-def environment_record(pipeline: VeltrixPipeline) -> dict:
-    """Where a figure was measured: library versions, device, threads, kernel path, dtype."""
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "diffusers": diffusers.__version__,
-        "python": platform.python_version(),
-        "device": str(pipeline.device),
-        "threads": torch.get_num_threads(),
-        "kernel_path": "torch",
-        "dtype": str(pipeline.evolver.dtype).replace("torch.", ""),
-    }
-
-
 def image_quality(frames: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Mean per-image PSNR (dB) and SSIM of frames (N, C, H, W) in [-1, 1] against reference frames."""
     x, y = (frames.clamp(-1, 1) + 1) / 2, (reference + 1) / 2
     psnr = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(x, y, data_range=1.0)
     return {"psnr": float(psnr.mean()), "ssim": float(ssim)}
-
-
-@torch.no_grad()
-def benchmark_decoder_steps(
-    pipeline: VeltrixPipeline, frames: torch.Tensor, step_counts: tuple[int, ...], repeats: int = 5, seed: int = 0
-) -> dict[str, dict]:
-    """Decodes the encoder's units of `frames` (N, C, H, W) with every Euler step count, interleaved over
-    `repeats` rounds (after one warm-up round); returns per step count the quality of the first round (same
-    noise for every step count) and frames/s (median, min, max over the rounds)."""
-    if repeats < 1:
-        raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
-    units = pipeline.encoder(frames[:, None].to(pipeline.device)).units[:, 0]
-    noise = pipeline.prepare_latents(units.shape[0], units.dtype, units.device, torch.Generator().manual_seed(seed))
-    quality, seconds = {}, {n: [] for n in step_counts}
-    for round_index in range(repeats + 1):
-        for n in step_counts:
-            started = time.perf_counter()
-            decoded = pipeline.decode_units(units, n, latents=noise)
-            elapsed = time.perf_counter() - started
-            if round_index == 0:
-                quality[n] = image_quality(decoded.cpu(), frames)
-            else:
-                seconds[n].append(elapsed)
-    results = {}
-    for n in step_counts:
-        fps = sorted(units.shape[0] / s for s in seconds[n])
-        results[str(n)] = {
-            **quality[n],
-            "frames_per_s": {"median": fps[len(fps) // 2], "min": fps[0], "max": fps[-1]},
-        }
-    return results
-
-
-def save_report(path: str, report: dict) -> None:
-    """Writes a benchmark / evaluation report (BENCHMARKS.md shape) to `path` atomically, creating its folder,
-    and prints each target with its value."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_json_atomic(path, report)
-    for target in report["targets"]:
-        print(f"{target['name']} = {target['value']:.4g} ({target['op']} {target['target']})")
-    print(f"wrote {path}")

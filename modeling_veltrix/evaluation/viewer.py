@@ -9,18 +9,14 @@ Evolution modes are those the pipeline offers: `"conditional"` (the trajectory's
 import os
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+import PIL.Image
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import torch  # noqa: E402
-
-from .evaluation import per_horizon_mse  # noqa: E402
-from .pipeline_veltrix import VeltrixPipeline  # noqa: E402
-from .visualization import save_rollout_gif  # noqa: E402
-from .worlds import get_world  # noqa: E402
+from ..pipeline_veltrix import VeltrixPipeline
+from ..worlds import get_world
+from .rollouts import per_horizon_mse
+from .visualization import save_error_plot, save_prediction_gif, save_rollout_gif
 
 MODES = ("conditional", "free")
 
@@ -55,30 +51,7 @@ def frames_from_images(paths: list[str], image_size: int, num_channels: int = 3)
     return frames.permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def save_prediction_gif(prediction: torch.Tensor, path: str, scale: int = 4, frame_duration_ms: int = 200) -> None:
-    """The predicted frames (H, C, h, w) in [-1, 1] alone as an animation (no ground truth to compare with)."""
-    images = ((prediction.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    panels = [PIL.Image.fromarray(image.repeat(scale, axis=0).repeat(scale, axis=1).squeeze()) for image in images]
-    panels[0].save(f"{path}.tmp", format="GIF", save_all=True, append_images=panels[1:], duration=frame_duration_ms)
-    os.replace(f"{path}.tmp", path)
-
-
-def save_error_plot(pixel_mse: dict[str, np.ndarray], path: str) -> None:
-    """Pixel MSE against horizon for each predictor of one rollout; a PNG written through a rename."""
-    figure, axis = plt.subplots(figsize=(5, 3.2))
-    for name, values in pixel_mse.items():
-        axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-    axis.set_xlabel("horizon (steps)")
-    axis.set_ylabel("pixel MSE")
-    axis.set_title("Rollout error vs horizon")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(f"{path}.tmp", format="png", dpi=100)
-    plt.close(figure)
-    os.replace(f"{path}.tmp", path)
-
-
-def render_rollout(
+def view_rollout(
     pipeline: VeltrixPipeline,
     frames: torch.Tensor,
     context_length: int,
@@ -132,5 +105,5 @@ def render_rollout(
         "mean_frame": context.mean(dim=1, keepdim=True).expand_as(truth),
     }
     pixel_mse = {name: per_horizon_mse(value, truth)[0].numpy() for name, value in predictors.items()}
-    save_error_plot(pixel_mse, plot_path)
+    save_error_plot(pixel_mse, plot_path, title="Rollout error vs horizon")
     return RolloutView(gif_path=gif_path, plot_path=plot_path, pixel_mse=pixel_mse)

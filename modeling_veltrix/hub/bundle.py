@@ -18,11 +18,11 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .hub_repository import check_repository
+from ..pipeline_veltrix import VeltrixPipeline
+from ..repository_check import check_repository
+from ..training import COMPONENTS, VeltrixTrainingRecipe, assemble_pipeline, load_or_create_models
+from ..worlds import world_metadata
 from .model_card import MEDIA, render_model_card, save_model_card, validate_model_card
-from .pipeline_veltrix import VeltrixPipeline
-from .training import COMPONENTS, VeltrixTrainingRecipe, assemble_pipeline, load_or_create_models
-from .worlds import world_metadata
 
 BUNDLE_FILE = "bundle.json"
 CALL_DEFAULTS = ("num_future_steps", "num_inference_steps")

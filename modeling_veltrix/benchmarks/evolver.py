@@ -28,9 +28,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache, LlamaConfig, LlamaModel, Mamba2Config
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
-from .configuration_veltrix import VeltrixEvolverConfig
-from .modeling_veltrix_evolver import VeltrixEvolverModel, VeltrixSelectiveSSM, lyapunov_penalty, midpoint_rollout
-from .worlds import build_world_dataset
+from ..configuration_veltrix import VeltrixEvolverConfig
+from ..modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty, midpoint_rollout
+from ..selective_ssm import VeltrixSelectiveSSM
+from ..worlds import build_world_dataset
 
 TOKEN_DEFINITION = (
     "Evolver tokens are unit-steps: a (B, T, U, D) input holds B·T·U tokens (one D-dim state unit at one time step). "
@@ -324,7 +325,7 @@ def preset_evolver(settings: EvolverBenchmarkSettings) -> VeltrixEvolverModel:
 def benchmark_model(settings: EvolverBenchmarkSettings) -> dict:
     """Tokens/s of the evolver (`settings.evolver_preset`) and an equal-parameter SDPA Llama over length."""
     evolver = preset_evolver(settings)
-    units_per_step = evolver.config.num_units
+    units_per_step = evolver.config.num_units_per_step
     llama = equal_parameter_llama(evolver, max(settings.model_lengths))
     counts = {"ours": sum(p.numel() for p in evolver.parameters()), "llama": sum(p.numel() for p in llama.parameters())}
     results = {}
@@ -391,7 +392,7 @@ def benchmark_rollout(settings: EvolverBenchmarkSettings) -> dict:
     cache) against the equal-parameter Llama decoding one token per step with its KV cache."""
     evolver = preset_evolver(settings)
     llama = equal_parameter_llama(evolver, settings.rollout_context + max(settings.rollout_horizons) + 1)
-    context = torch.randn(1, settings.rollout_context, evolver.config.num_units, evolver.config.unit_dim)
+    context = torch.randn(1, settings.rollout_context, evolver.config.num_units_per_step, evolver.config.unit_dim)
     llama_context = torch.randn(1, settings.rollout_context, llama.config.hidden_size)
     with torch.inference_mode():
         seconds = interleaved_seconds(
@@ -470,7 +471,7 @@ def pendulum_evolver_config(frame_interval: float) -> VeltrixEvolverConfig:
     """A small evolver for one 3-dim unit per step, its reference interval the training frame interval."""
     return VeltrixEvolverConfig(
         unit_dim=3,
-        num_units=1,
+        num_units_per_step=1,
         unit_mixer="attention",
         num_attention_heads=2,
         hidden_size=32,
@@ -510,12 +511,12 @@ def train_unit_evolver(
         loss = F.mse_loss(teacher[:, :-1], u[:, 1:])
         start = int(torch.randint(0, u.shape[1] - context - window + 1, (), generator=generator))
         span = slice(start, start + context + window)
-        rollout = model.rollout(u[:, start : start + context], window, conditions=a[:, span], timestamps=t[:, span])
+        rollout = model.rollout(u[:, start : start + context], window, actions=a[:, span], timestamps=t[:, span])
         target = u[:, start + context : start + context + window]
         loss = loss + F.mse_loss(rollout.units, target)
         if time_consistency_weight:
             midpoints = midpoint_rollout(
-                model, u[:, start : start + context], window, conditions=a[:, span], timestamps=t[:, span]
+                model, u[:, start : start + context], window, actions=a[:, span], timestamps=t[:, span]
             )
             loss = loss + time_consistency_weight * F.mse_loss(midpoints, target)
         if stability_weight:
@@ -523,7 +524,7 @@ def train_unit_evolver(
                 model,
                 u[:, start : start + context],
                 rollout.units,
-                conditions=a[:, span],
+                actions=a[:, span],
                 timestamps=t[:, span],
                 perturbation=settings.stability_perturbation,
                 generator=generator,
@@ -542,7 +543,7 @@ def rollout_mse(model: VeltrixEvolverModel, data: dict[str, torch.Tensor], conte
     """Per-future-step MSE (H,) of a conditional rollout from the first `context` steps over the rest."""
     units = data["units"]
     horizon = units.shape[1] - context
-    rollout = model.rollout(units[:, :context], horizon, conditions=data["actions"], timestamps=data["timestamps"])
+    rollout = model.rollout(units[:, :context], horizon, actions=data["actions"], timestamps=data["timestamps"])
     return (rollout.units - units[:, context:]).pow(2).flatten(2).mean(-1).mean(0)
 
 
@@ -551,7 +552,7 @@ def perturbation_growth(model: VeltrixEvolverModel, data: dict[str, torch.Tensor
     """Mean log growth per step of a 1e-3 perturbation of the context along the rollout (a Lyapunov exponent
     estimate per step; > 0: perturbations grow)."""
     units, horizon = data["units"], data["units"].shape[1] - context
-    kwargs = {"conditions": data["actions"], "timestamps": data["timestamps"]}
+    kwargs = {"actions": data["actions"], "timestamps": data["timestamps"]}
     reference = model.rollout(units[:, :context], horizon, **kwargs).units
     delta = 1e-3 * torch.randn(units[:, :context].shape, generator=torch.Generator().manual_seed(1))
     perturbed = model.rollout(units[:, :context] + delta, horizon, **kwargs).units

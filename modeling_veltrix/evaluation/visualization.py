@@ -2,13 +2,10 @@
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import PIL.Image
+import torch
+from matplotlib.figure import Figure
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -35,26 +32,43 @@ def rollout_panels(truth: torch.Tensor, prediction: torch.Tensor, scale: int = 4
     return [PIL.Image.fromarray(panel) for panel in panels]
 
 
-def save_rollout_gif(truth: torch.Tensor, prediction: torch.Tensor, path: str, frame_duration_ms: int = 200) -> None:
-    """Writes the [ground truth | prediction | error] animation to `path` (temporary file, then rename)."""
-    panels = rollout_panels(truth, prediction)
+def save_gif(panels: list[PIL.Image.Image], path: str, frame_duration_ms: int = 200) -> None:
+    """Writes `panels` as a looping animation to `path` (temporary file, then rename)."""
     tmp = f"{path}.tmp"
     panels[0].save(tmp, format="GIF", save_all=True, append_images=panels[1:], duration=frame_duration_ms, loop=0)
     os.replace(tmp, path)
 
 
-def save_error_plot(pixel_mse: dict[str, np.ndarray], window: int, path: str) -> None:
-    """Plots pixel MSE against horizon for every predictor, marking the training window; writes a PNG."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+def save_rollout_gif(truth: torch.Tensor, prediction: torch.Tensor, path: str, frame_duration_ms: int = 200) -> None:
+    """Writes the [ground truth | prediction | error] animation of frames (N, H, C, h, w) to `path`."""
+    save_gif(rollout_panels(truth, prediction), path, frame_duration_ms)
+
+
+def save_prediction_gif(prediction: torch.Tensor, path: str, scale: int = 4, frame_duration_ms: int = 200) -> None:
+    """The predicted frames (H, C, h, w) in [-1, 1] alone as an animation (no ground truth to compare with)."""
+    images = _to_uint8(prediction).repeat(scale, axis=1).repeat(scale, axis=2)
+    save_gif([PIL.Image.fromarray(image.squeeze()) for image in images], path, frame_duration_ms)
+
+
+def save_error_plot(
+    pixel_mse: dict[str, np.ndarray],
+    path: str,
+    window: int | None = None,
+    title: str = "Rollout error vs horizon (held-out trajectories)",
+) -> None:
+    """Plots pixel MSE against horizon for every predictor, marking the training `window` when given; writes a PNG
+    (temporary file, then rename). Uses matplotlib's object API, so no backend is chosen at import."""
+    figure = Figure(figsize=(6, 4))
+    axis = figure.subplots()
     for name, values in pixel_mse.items():
         axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-    axis.axvline(window, color="grey", linestyle="--", label=f"training window W={window}")
+    if window is not None:
+        axis.axvline(window, color="grey", linestyle="--", label=f"training window W={window}")
     axis.set_xlabel("horizon (steps)")
     axis.set_ylabel("pixel MSE")
-    axis.set_title("Rollout error vs horizon (held-out trajectories)")
+    axis.set_title(title)
     axis.legend()
     figure.tight_layout()
     tmp = f"{path}.tmp"
     figure.savefig(tmp, format="png", dpi=120)
-    plt.close(figure)
     os.replace(tmp, path)

@@ -1,0 +1,241 @@
+"""The `nn.Module` of each training stage: it owns the models it trains and returns the stage's loss to `Trainer`."""
+
+import datasets
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
+from ..modeling_veltrix_encoder import VeltrixEncoderModel
+from ..modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty, midpoint_rollout
+from ..pipeline_veltrix import VeltrixPipeline
+from .recipe import VeltrixTrainingRecipe
+
+MODALITY_COLUMNS = {"text": ("input_ids", "attention_mask"), "audio": ("audio_values",)}
+
+
+def observed_modalities(encoder: VeltrixEncoderModel, batch: dict) -> dict[str, torch.Tensor]:
+    """The caption and audio columns of a world batch (`input_ids`, `attention_mask`, `audio_values`; missing or
+    None ones skipped) that `encoder` models: a frames-only encoder ignores a speaking world's extra columns."""
+    return {
+        column: batch[column]
+        for modality, columns in MODALITY_COLUMNS.items()
+        if modality in encoder.config.modalities
+        for column in columns
+        if batch.get(column) is not None
+    }
+
+
+class VeltrixEncoderStage(nn.Module):
+    """Encoder + frame readout trained by reconstruction of every frame; a multimodal encoder also learns its caption
+    head, audio tokenizer and alignment on the world's captions and audio."""
+
+    def __init__(self, encoder: VeltrixEncoderModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        observed = observed_modalities(self.encoder, columns)
+        return {"loss": self.encoder(pixel_values, **observed, return_loss=True).loss}
+
+
+class VeltrixFrozenEncoderStage(nn.Module):
+    """A stage that trains on the units of a frozen encoder: the encoder gets no gradients and stays in eval mode
+    (no nested dropout) whatever `Trainer` sets."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, recipe: VeltrixTrainingRecipe):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.recipe = recipe
+
+    def train(self, mode: bool = True) -> "VeltrixFrozenEncoderStage":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+
+class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
+    """Evolver on the frozen encoder's units: one-step teacher forcing + an open-loop window, latent + pixel."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel, recipe: VeltrixTrainingRecipe):
+        super().__init__(encoder, recipe)
+        self.evolver = evolver
+
+    def _state_loss(
+        self,
+        predicted: torch.Tensor,
+        target_units: torch.Tensor,
+        target_frames: torch.Tensor,
+        target_captions: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Latent MSE + pixel MSE of the frozen readout of predicted units (B, T, U, D) vs frames (B, T, C, H, W),
+        + with `target_captions` (`input_ids`, `attention_mask` (B, T, L)) the frozen caption head's cross-entropy
+        on the predicted text subspace."""
+        latent = F.mse_loss(predicted, target_units)
+        pixel = F.mse_loss(self.encoder.decode_frames(predicted), target_frames)
+        loss = self.recipe.latent_loss_weight * latent + self.recipe.pixel_loss_weight * pixel
+        if target_captions is not None and self.recipe.caption_loss_weight:
+            loss = loss + self.recipe.caption_loss_weight * self.encoder.caption_loss(predicted, *target_captions)
+        return loss
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        timestamps: torch.Tensor,
+        actions: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """With a multimodal encoder, the units are the fused states of every observed modality, so the evolver
+        learns to evolve the caption and audio subspaces with the frames'."""
+        recipe = self.recipe
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        observed = observed_modalities(self.encoder, columns)
+        with torch.no_grad():
+            units = self.encoder(pixel_values, **observed).units
+
+        def captions(steps: slice) -> tuple[torch.Tensor, torch.Tensor] | None:
+            """The observed captions of `steps`, targets of the predicted text subspace (None without text)."""
+            if "input_ids" not in observed:
+                return None
+            return observed["input_ids"][:, steps], observed["attention_mask"][:, steps]
+
+        teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
+        teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
+
+        context, window = recipe.context_length, recipe.rollout_window
+        start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
+        end = start + context + window
+        rollout = self.evolver.rollout(
+            units[:, start : start + context],
+            window,
+            actions=actions[:, start:end],
+            timestamps=timestamps[:, start:end],
+        )
+        future = slice(start + context, end)
+        open_loop_loss = self._state_loss(rollout.units, units[:, future], pixel_values[:, future], captions(future))
+        loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
+        if recipe.stability_weight:
+            penalty = lyapunov_penalty(
+                self.evolver,
+                units[:, start : start + context],
+                rollout.units,
+                actions=actions[:, start:end],
+                timestamps=timestamps[:, start:end],
+                perturbation=recipe.stability_perturbation,
+            )
+            loss = loss + recipe.stability_weight * penalty
+        if recipe.time_consistency_weight:
+            midpoints = midpoint_rollout(
+                self.evolver,
+                units[:, start : start + context],
+                window,
+                actions=actions[:, start:end],
+                timestamps=timestamps[:, start:end],
+            )
+            consistency = self._state_loss(midpoints, units[:, future], pixel_values[:, future], captions(future))
+            loss = loss + recipe.time_consistency_weight * consistency
+        return {"loss": loss}
+
+
+class VeltrixReflowStage(nn.Module):
+    """Reflow (Liu et al. 2022): flow matching on (noise, teacher sample) pairs straightens the decoder's paths,
+    so that a few Euler steps (down to one) land where many did."""
+
+    def __init__(self, decoder: VeltrixDecoderModel, recipe: VeltrixTrainingRecipe):
+        super().__init__()
+        self.decoder = decoder
+        self.recipe = recipe
+
+    def forward(
+        self,
+        noise: torch.Tensor,
+        pixel_values: torch.Tensor,
+        units: torch.Tensor,
+        previous_frame: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        loss = flow_matching_loss(
+            self.decoder,
+            pixel_values,
+            units,
+            noise=noise,
+            time_sampling=self.recipe.reflow_time_sampling,
+            previous_frame=previous_frame,
+        )
+        return {"loss": loss}
+
+
+@torch.no_grad()
+def build_reflow_pairs(
+    pipeline: VeltrixPipeline, train_dataset: datasets.Dataset, recipe: VeltrixTrainingRecipe, batch_size: int = 256
+) -> datasets.Dataset:
+    """`recipe.reflow_num_pairs` (noise, teacher sample, units) triples: frames drawn from `train_dataset` (torch
+    format) are encoded, and the current decoder samples each from its own noise with
+    `recipe.reflow_teacher_steps` Euler steps. `units (N, U, d)` are the frame subspace of the states, which is what
+    the decoder reads. Deterministic for `recipe.seed`."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    temporal = pipeline.decoder.config.temporal_context
+    first = 1 if temporal else 0  # a temporal decoder needs a previous frame
+    num_trajectories, span = len(train_dataset), recipe.trajectory_length - first
+    picks = torch.randperm(num_trajectories * span, generator=generator)[: recipe.reflow_num_pairs]
+    pipeline.set_progress_bar_config(disable=True)
+    columns = {"noise": [], "pixel_values": [], "units": []} | ({"previous_frame": []} if temporal else {})
+    for start in tqdm(range(0, len(picks), batch_size), desc="reflow pairs"):
+        chunk = picks[start : start + batch_size]
+        trajectories, steps = (chunk // span).tolist(), chunk % span + first
+        trajectory_frames = train_dataset[trajectories]["pixel_values"]  # (N, T, C, H, W)
+        rows = torch.arange(len(chunk))
+        frames = trajectory_frames[rows, steps]  # (N, C, H, W)
+        previous = trajectory_frames[rows, steps - 1] if temporal else None
+        units = pipeline.encoder(frames[:, None]).units[:, 0]  # (N, U, D)
+        noise = pipeline.prepare_latents(len(chunk), units.dtype, units.device, generator)
+        samples = pipeline.decode_units(units, recipe.reflow_teacher_steps, latents=noise, previous_frame=previous)
+        columns["noise"].append(noise)
+        columns["pixel_values"].append(samples)
+        columns["units"].append(pipeline.encoder.frame_subspace(units))  # what the decoder reads
+        if temporal:
+            columns["previous_frame"].append(previous)
+    arrays = {name: torch.cat(values).cpu().numpy() for name, values in columns.items()}
+    features = datasets.Features(
+        {name: datasets.Array3D(array.shape[1:], "float32") for name, array in arrays.items() if name != "units"}
+        | {"units": datasets.Array2D(arrays["units"].shape[1:], "float32")}
+    )
+    return datasets.Dataset.from_dict(arrays, features=features).with_format("torch")
+
+
+class VeltrixDecoderStage(VeltrixFrozenEncoderStage):
+    """Flow-matching decoder of frames conditioned on the frozen encoder's units of the same step."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, decoder: VeltrixDecoderModel, recipe: VeltrixTrainingRecipe):
+        super().__init__(encoder, recipe)
+        self.decoder = decoder
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, t = pixel_values.shape[:2]
+        temporal = self.decoder.config.temporal_context
+        first = 1 if temporal else 0  # a temporal decoder needs a previous frame
+        k = min(self.recipe.decoder_frames_per_trajectory, t - first)
+        picks = first + torch.rand(b, t - first).argsort(dim=1)[:, :k]  # (B, k) distinct steps
+        rows = torch.arange(b)[:, None]
+        frames = pixel_values[rows, picks]  # (B, k, C, H, W)
+        previous = pixel_values[rows, picks - 1].flatten(0, 1) if temporal else None
+        with torch.no_grad():
+            units = self.encoder.frame_subspace(self.encoder(frames).units)  # the decoder reads the frame subspace
+        loss = flow_matching_loss(
+            self.decoder,
+            frames.flatten(0, 1),
+            units.flatten(0, 1),
+            time_sampling=self.recipe.decoder_time_sampling,
+            previous_frame=previous,
+            loss_weighting=self.recipe.decoder_loss_weighting,
+        )
+        return {"loss": loss}
