@@ -41,6 +41,9 @@ from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize, caption_targets
 from .weights_check import VeltrixCheckedLoadingMixin
 
+# The text and audio inputs of `forward`, in its order.
+OBSERVED_INPUTS = ("input_ids", "attention_mask", "audio_values", "audio_codes", "audio_features")
+
 
 def info_nce(
     first: torch.Tensor, second: torch.Tensor, logit_scale: torch.Tensor, duplicates: torch.Tensor | None = None
@@ -328,16 +331,19 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         actions: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        audio_values: torch.Tensor | None = None,
-        audio_codes: torch.Tensor | None = None,
-        audio_features: torch.Tensor | None = None,
+        observed: dict[str, torch.Tensor | None] | None = None,
         num_resampled_units: int | None = None,
     ) -> None:
-        """Validates the inputs of `forward`: the frames (`check_pixel_values`), and the actions, text and audio
-        against the frames' `(B, T)` and the config."""
+        """Validates the inputs of `forward`: the frames (`check_pixel_values`), and the actions and the `observed`
+        text and audio (`forward`'s `input_ids`, `attention_mask`, `audio_values`, `audio_codes`, `audio_features`;
+        absent or `None` when not given) against the frames' `(B, T)` and the config."""
         config = self.config
+        unknown = sorted(set(observed or {}) - set(OBSERVED_INPUTS))
+        if unknown:
+            raise ValueError(f"`observed` takes {list(OBSERVED_INPUTS)}, got {unknown}.")
+        input_ids, attention_mask, audio_values, audio_codes, audio_features = (
+            (observed or {}).get(name) for name in OBSERVED_INPUTS
+        )
         self.check_pixel_values(pixel_values)
         b, t = pixel_values.shape[:2]
         if actions is not None:
@@ -432,16 +438,9 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         Absent modalities leave their blocks zero.
         """
         if checks_enabled():
-            self.check_inputs(
-                pixel_values,
-                actions,
-                input_ids,
-                attention_mask,
-                audio_values,
-                audio_codes,
-                audio_features,
-                num_resampled_units,
-            )
+            given = (input_ids, attention_mask, audio_values, audio_codes, audio_features)
+            observed = dict(zip(OBSERVED_INPUTS, given, strict=True))
+            self.check_inputs(pixel_values, actions, observed, num_resampled_units)
         if self.fusion is None:
             units = self.encode_units(pixel_values)
             units = self._keep_first_units(units.flatten(0, 1), num_resampled_units).reshape(units.shape)

@@ -259,7 +259,7 @@ class VeltrixPipeline(DiffusionPipeline):
         self.check_output_modalities(output_modalities)
         check_step_count("num_future_steps", num_future_steps)
         check_step_count("num_inference_steps", num_inference_steps)
-        self.encoder.check_inputs(pixel_values, **(observed or {}))
+        self.encoder.check_inputs(pixel_values, observed=observed)
         b, t = pixel_values.shape[:2]
         self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
 

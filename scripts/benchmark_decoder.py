@@ -15,13 +15,9 @@ import json
 import os
 import tempfile
 
-import torch
-
 from modeling_veltrix import VeltrixPipeline
-from modeling_veltrix.benchmarks import benchmark_decoder_steps, environment_record, save_report
-from modeling_veltrix.evaluation import image_quality
+from modeling_veltrix.benchmarks import run_decoder_benchmark, save_report
 from modeling_veltrix.training import assemble_pipeline, load_or_create_models
-from modeling_veltrix.worlds import build_world_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL_STEPS = (1, 2, 4, 8, 50)
@@ -67,42 +63,11 @@ def main() -> None:
     world = args.world or recipe.get("world", "bouncing_balls")
     eval_seed = args.eval_seed if args.eval_seed is not None else recipe.get("eval_seed", 1_000_000)
     num_trajectories, repeats = (2, 2) if args.quick else (args.num_trajectories, args.repeats)
-    data = build_world_dataset(world, num_trajectories=num_trajectories, num_steps=32, seed=eval_seed)
-    frames = data.with_format("torch")[:]["pixel_values"][:, ::4].flatten(0, 1)  # every 4th step: (N, C, H, W)
     step_counts = QUICK_STEPS if args.quick else FULL_STEPS
-
-    with torch.no_grad():
-        units = pipeline.encoder(frames[:, None]).units
-        readout = image_quality(pipeline.encoder.decode_frames(units)[:, 0], frames)
-    per_steps = benchmark_decoder_steps(pipeline, frames, step_counts, repeats=repeats)
-    psnr = {int(n): values["psnr"] for n, values in per_steps.items()}
-    report = {
-        "environment": {
-            **environment_record(pipeline),
-            "shapes": {"frames": list(frames.shape), "units": list(units.shape[-2:])},
-            "data": {
-                "world": world,
-                "split": "held-out",
-                "seed": eval_seed,
-                "trajectories": num_trajectories,
-                "frames": "every 4th step of each trajectory",
-            },
-            "sampling": {
-                "scheduler": type(pipeline.scheduler).__name__,
-                "shift": pipeline.scheduler.config.shift,
-                "noise": "standard normal, seed 0",
-            },
-            "weights": "random (quick smoke run)" if args.quick else os.path.abspath(args.pipeline),
-        },
-        "results": {
-            "per_num_inference_steps": per_steps,
-            "encoder_readout": readout,
-            "psnr_1_over_50": psnr[1] / psnr[50],
-        },
-        "targets": [{"name": "psnr_4_over_50", "value": psnr[4] / psnr[50], "op": ">=", "target": 0.95}],
-    }
+    weights = "random (quick smoke run)" if args.quick else os.path.abspath(args.pipeline)
+    report = run_decoder_benchmark(pipeline, world, eval_seed, num_trajectories, step_counts, repeats, weights)
     save_report(args.output, report)
-    for n, values in per_steps.items():
+    for n, values in report["results"]["per_num_inference_steps"].items():
         print(
             f"{n:>3} steps: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.4f}, "
             f"{values['frames_per_s']['median']:.1f} frames/s"

@@ -37,6 +37,20 @@ def get_tiny_decoder(perturb: bool = False) -> VeltrixDecoderModel:
     return decoder
 
 
+def tiny_flow_decoder(**overrides) -> VeltrixDecoderModel:
+    """An 8×8 decoder with 2×2 patches and 4-dim units, for the loss and conditioning tests."""
+    values = dict(
+        sample_size=8,
+        patch_size=2,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        cross_attention_dim=4,
+        max_context_units=4,
+    )
+    return VeltrixDecoderModel(**{**values, **overrides})
+
+
 def get_inputs(seed: int = 0, num_units: int = UNITS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     sample = torch.randn(BATCH, CHANNELS, SIZE, SIZE, generator=generator)
@@ -227,15 +241,7 @@ def test_overfits_two_images_and_samples_them_back():
 
 def test_paired_noise_is_used_and_checked():
     """Reflow passes the teacher's noise: the loss must use it, and reject a wrong shape."""
-    decoder = VeltrixDecoderModel(
-        sample_size=8,
-        patch_size=2,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        cross_attention_dim=4,
-        max_context_units=4,
-    )
+    decoder = tiny_flow_decoder()
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     frames, units = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4)
@@ -249,42 +255,16 @@ def test_paired_noise_is_used_and_checked():
 
 
 def test_aligned_context_needs_one_unit_per_patch():
-    decoder = VeltrixDecoderModel(
-        sample_size=8,
-        patch_size=4,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        cross_attention_dim=4,
-        max_context_units=4,
-        aligned_context=True,
-    )
+    decoder = tiny_flow_decoder(patch_size=4, aligned_context=True)
     assert decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 4, 4)).sample.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
         decoder(torch.randn(2, 3, 8, 8), 500.0, torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="max_context_units"):
-        VeltrixDecoderModel(
-            sample_size=8,
-            patch_size=2,
-            hidden_size=16,
-            num_attention_heads=2,
-            cross_attention_dim=4,
-            max_context_units=4,
-            aligned_context=True,
-        )
+        tiny_flow_decoder(aligned_context=True)
 
 
 def test_temporal_context_needs_the_previous_frame():
-    decoder = VeltrixDecoderModel(
-        sample_size=8,
-        patch_size=2,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        cross_attention_dim=4,
-        max_context_units=4,
-        temporal_context=True,
-    )
+    decoder = tiny_flow_decoder(temporal_context=True)
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     sample, units, previous = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4), torch.randn(2, 3, 8, 8)
@@ -294,30 +274,14 @@ def test_temporal_context_needs_the_previous_frame():
     for bad in (None, torch.randn(2, 3, 4, 4), torch.full((2, 3, 8, 8), float("nan"))):
         with pytest.raises(ValueError, match="previous_frame"):
             decoder(sample, 500.0, units, bad)
-    plain = VeltrixDecoderModel(
-        sample_size=8,
-        patch_size=2,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        cross_attention_dim=4,
-        max_context_units=4,
-    )
+    plain = tiny_flow_decoder()
     with pytest.raises(ValueError, match="previous_frame"):
         plain(sample, 500.0, units, previous)
 
 
 @pytest.mark.parametrize("weighting", ["none", "sigma_sqrt", "cosmap"])
 def test_loss_weighting_matches_diffusers(weighting):
-    decoder = VeltrixDecoderModel(
-        sample_size=8,
-        patch_size=2,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        cross_attention_dim=4,
-        max_context_units=4,
-    )
+    decoder = tiny_flow_decoder()
     with torch.no_grad():
         decoder.proj_out.weight.normal_()
     frames, units, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 4, 4), torch.randn(3, 3, 8, 8)

@@ -59,6 +59,22 @@ def test_actions_and_timestamps(tiny_pipeline):
     torch.testing.assert_close(out.timestamps, timestamps[:, 3:])
 
 
+def test_a_call_checks_each_input_once_and_nothing_per_euler_step(tiny_pipeline, monkeypatch):
+    """Every finiteness check of a call, wherever it runs (pipeline, encoder, evolver, decoder), is recorded: the
+    three inputs are checked once each, whatever the number of Euler steps, and no internal tensor is."""
+    checked, isfinite = [], torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda tensor: checked.append(tuple(tensor.shape)) or isfinite(tensor))
+    actions = torch.randn(2, 6, 2)
+    timestamps = torch.cumsum(torch.rand(2, 6) * 0.1 + 0.05, dim=1)
+    for num_inference_steps in (1, 4):
+        checked.clear()
+        call(tiny_pipeline, actions=actions, timestamps=timestamps, num_inference_steps=num_inference_steps)
+        assert sorted(checked) == sorted([tuple(random_frames().shape), (2, 6, 2), (2, 6)])
+    checked.clear()
+    tiny_pipeline.decoder(torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE), 500.0, torch.zeros(2, 16, 8))
+    assert checked, "a direct call of the decoder checks its inputs"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "argument"),
     [

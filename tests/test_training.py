@@ -45,20 +45,18 @@ def tiny_dataset(tmp_path_factory):
     return dataset.with_format("torch")
 
 
-def tiny_recipe(max_steps: int = 3) -> VeltrixTrainingRecipe:
-    stage = {"max_steps": max_steps, "batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0, "save_steps": 2}
-    return VeltrixTrainingRecipe(
+def tiny_recipe(max_steps: int = 3, learning_rate: float = 1e-2, **overrides) -> VeltrixTrainingRecipe:
+    stage = dict(max_steps=max_steps, batch_size=4, learning_rate=learning_rate, warmup_steps=0, save_steps=2)
+    values = dict(
         trajectory_length=12,
         context_length=4,
         rollout_window=4,
         decoder_frames_per_trajectory=2,
         reflow_num_pairs=10,
         reflow_teacher_steps=2,
-        encoder=dict(stage),
-        evolver=dict(stage),
-        decoder=dict(stage),
-        reflow=dict(stage),
     )
+    stages = {name: dict(stage) for name in ("encoder", "evolver", "decoder", "reflow")}
+    return VeltrixTrainingRecipe(**{**values, **overrides}, **stages)
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -132,22 +130,15 @@ def test_demo_end_to_end(tmp_path, preset_name):
     preset also reads captions and audio back from encoded and evolved states."""
     preset = tmp_path / "preset"
     shutil.copytree(REPO / "configuration" / preset_name, preset)
-    stage = {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 0, "save_steps": 2}
     world_options = json.loads((preset / "recipe.json").read_text()).get("world_options", {})
-    recipe = VeltrixTrainingRecipe(
+    recipe = tiny_recipe(
+        max_steps=2,
+        learning_rate=1e-3,
         world_options=world_options,
         num_train_trajectories=8,
         num_eval_trajectories=3,
         trajectory_length=10,
-        context_length=4,
         rollout_window=2,
-        decoder_frames_per_trajectory=2,
-        reflow_num_pairs=10,
-        reflow_teacher_steps=2,
-        encoder=dict(stage),
-        evolver=dict(stage),
-        decoder=dict(stage),
-        reflow=dict(stage),
     )
     recipe.to_json_file(str(preset / "recipe.json"))
     out = tmp_path / "run"

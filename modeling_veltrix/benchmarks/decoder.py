@@ -6,6 +6,8 @@ import torch
 
 from ..evaluation import image_quality
 from ..pipeline_veltrix import VeltrixPipeline
+from ..worlds import build_world_dataset
+from .reports import environment_record
 
 
 @torch.no_grad()
@@ -37,3 +39,51 @@ def benchmark_decoder_steps(
             "frames_per_s": {"median": fps[len(fps) // 2], "min": fps[0], "max": fps[-1]},
         }
     return results
+
+
+@torch.no_grad()
+def run_decoder_benchmark(
+    pipeline: VeltrixPipeline,
+    world: str,
+    eval_seed: int,
+    num_trajectories: int,
+    step_counts: tuple[int, ...],
+    repeats: int,
+    weights: str,
+) -> dict:
+    """The decoder report (BENCHMARKS.md shape): every 4th frame of `num_trajectories` held-out trajectories of
+    `world` (seed `eval_seed`) decoded from their encoder units with each Euler step count (`benchmark_decoder_steps`),
+    next to the encoder's direct readout; the target is PSNR at 4 steps over PSNR at 50 (`step_counts` must hold
+    1, 4 and 50). `weights` says which weights were measured."""
+    data = build_world_dataset(world, num_trajectories=num_trajectories, num_steps=32, seed=eval_seed)
+    frames = data.with_format("torch")[:]["pixel_values"][:, ::4].flatten(0, 1)  # every 4th step: (N, C, H, W)
+
+    units = pipeline.encoder(frames[:, None]).units
+    readout = image_quality(pipeline.encoder.decode_frames(units)[:, 0], frames)
+    per_steps = benchmark_decoder_steps(pipeline, frames, step_counts, repeats=repeats)
+    psnr = {int(n): values["psnr"] for n, values in per_steps.items()}
+    return {
+        "environment": {
+            **environment_record(pipeline),
+            "shapes": {"frames": list(frames.shape), "units": list(units.shape[-2:])},
+            "data": {
+                "world": world,
+                "split": "held-out",
+                "seed": eval_seed,
+                "trajectories": num_trajectories,
+                "frames": "every 4th step of each trajectory",
+            },
+            "sampling": {
+                "scheduler": type(pipeline.scheduler).__name__,
+                "shift": pipeline.scheduler.config.shift,
+                "noise": "standard normal, seed 0",
+            },
+            "weights": weights,
+        },
+        "results": {
+            "per_num_inference_steps": per_steps,
+            "encoder_readout": readout,
+            "psnr_1_over_50": psnr[1] / psnr[50],
+        },
+        "targets": [{"name": "psnr_4_over_50", "value": psnr[4] / psnr[50], "op": ">=", "target": 0.95}],
+    }
