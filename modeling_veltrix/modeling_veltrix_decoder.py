@@ -30,8 +30,9 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .input_validation import checks_enabled
+from .input_validation import check_generator, check_tensor, checks_enabled, input_device
 from .modulation import modulate
+from .weights_check import VeltrixCheckedLoadingMixin
 
 FLOW_TIME_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
@@ -106,7 +107,7 @@ class VeltrixDecoderOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class VeltrixDecoderModel(ModelMixin, ConfigMixin):
+class VeltrixDecoderModel(VeltrixCheckedLoadingMixin, ModelMixin, ConfigMixin):
     """MGD frame decoder: a DiT predicting the rectified-flow velocity of a frame given a step's state units.
 
     Args:
@@ -276,9 +277,13 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             ValueError: naming the offending argument, the expected and the received shape or value.
         """
         channels, size = self.config.in_channels, self.config.sample_size
-        if not isinstance(sample, torch.Tensor) or sample.shape[1:] != (channels, size, size):
-            raise ValueError(f"`sample` must have shape (B, {channels}, {size}, {size}), got {describe(sample)}.")
+        check_tensor("sample", sample, dtype=self.dtype, device=input_device(self))
+        if sample.ndim != 4 or sample.shape[1:] != (channels, size, size) or sample.shape[0] == 0:
+            raise ValueError(
+                f"`sample` must have shape (B, {channels}, {size}, {size}), B >= 1, got {describe(sample)}."
+            )
         batch_size = sample.shape[0]
+        check_tensor("encoder_hidden_states", encoder_hidden_states, dtype=self.dtype, device=input_device(self))
         width, max_units = self.config.cross_attention_dim, self.config.max_context_units
         if (
             not isinstance(encoder_hidden_states, torch.Tensor)
@@ -301,7 +306,7 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 f"`encoder_hidden_states` must have the batch size of `sample` ({batch_size}), "
                 f"got {tuple(encoder_hidden_states.shape)}."
             )
-        timestep = torch.as_tensor(timestep, device=sample.device)
+        timestep = self._check_timestep(timestep, sample.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch_size)
         elif tuple(timestep.shape) != (batch_size,):
@@ -314,7 +319,8 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise ValueError(f"`{name}` must be finite, got NaN or infinite values (shape {tuple(tensor.shape)}).")
         if self.config.temporal_context:
-            if not isinstance(previous_frame, torch.Tensor) or previous_frame.shape != sample.shape:
+            check_tensor("previous_frame", previous_frame, dtype=self.dtype, device=input_device(self))
+            if previous_frame.shape != sample.shape:
                 raise ValueError(
                     f"`previous_frame` must have the shape of `sample` {tuple(sample.shape)} with "
                     f"`temporal_context=True`, got {describe(previous_frame)}."
@@ -323,6 +329,17 @@ class VeltrixDecoderModel(ModelMixin, ConfigMixin):
                 raise ValueError("`previous_frame` must be finite, got NaN or infinite values.")
         elif previous_frame is not None:
             raise ValueError("`previous_frame` was given but this decoder has `temporal_context=False`.")
+
+    @staticmethod
+    def _check_timestep(timestep: object, device: torch.device) -> torch.Tensor:
+        """`timestep` as a tensor: a real number or a real tensor (with data) is required."""
+        if isinstance(timestep, bool) or not isinstance(timestep, (int, float, torch.Tensor)):
+            raise ValueError(f"`timestep` must be a number or a torch.Tensor, got {type(timestep).__name__}.")
+        if isinstance(timestep, torch.Tensor) and (
+            timestep.is_meta or timestep.is_complex() or timestep.dtype == torch.bool
+        ):
+            raise ValueError(f"`timestep` must be a real tensor with data, got {timestep.dtype} on {timestep.device}.")
+        return torch.as_tensor(timestep, device=device)
 
     def _embed_context(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         """Units (B, U, cross_attention_dim) → (B, U, hidden_size): projection + unit-index embedding."""
@@ -435,8 +452,14 @@ def flow_matching_loss(
         raise ValueError(f"`time_sampling` must be one of {FLOW_TIME_SAMPLINGS}, got {time_sampling!r}.")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"`loss_weighting` must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}.")
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-        raise ValueError(f"`pixel_values` must have shape (B, C, H, W), got {describe(pixel_values)}.")
+    check_tensor("pixel_values", pixel_values, dtype=decoder.dtype, device=input_device(decoder))
+    if pixel_values.ndim != 4 or pixel_values.shape[0] == 0:
+        raise ValueError(f"`pixel_values` must have shape (B, C, H, W), B >= 1, got {describe(pixel_values)}.")
+    if checks_enabled() and not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("`pixel_values` must be finite, got NaN or infinite values.")
+    check_generator("generator", generator, batch_size=None)
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+        raise ValueError(f"`num_train_timesteps` must be an int >= 1, got {num_train_timesteps!r}.")
     batch_size, device = pixel_values.shape[0], pixel_values.device
     sigmas = compute_density_for_timestep_sampling(
         weighting_scheme=time_sampling,
@@ -449,7 +472,7 @@ def flow_matching_loss(
     ).to(device=device, dtype=pixel_values.dtype)
     if noise is None:
         noise = randn_tensor(pixel_values.shape, generator=generator, device=device, dtype=pixel_values.dtype)
-    elif not isinstance(noise, torch.Tensor) or noise.shape != pixel_values.shape:
+    elif check_tensor("noise", noise, dtype=decoder.dtype, device=device).shape != pixel_values.shape:
         raise ValueError(
             f"`noise` must have the shape of `pixel_values` {tuple(pixel_values.shape)}, got {describe(noise)}."
         )

@@ -36,7 +36,7 @@ from .frame_units import (
     VeltrixResamplerReadout,
     grid_positions,
 )
-from .input_validation import check_finite, check_indices, check_range, check_shape, checks_enabled
+from .input_validation import check_finite, check_indices, check_range, check_shape, checks_enabled, input_device
 from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
 from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize, caption_targets
 from .weights_check import VeltrixCheckedLoadingMixin
@@ -241,13 +241,16 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Validates `(B, T, C, H, W)` frames: shape, finiteness and the [-1, 1] range."""
         c, size = self.config.num_channels, self.config.image_size
-        check_shape("pixel_values", pixel_values, ("B", "T", c, size, size))
+        check_shape(
+            "pixel_values", pixel_values, ("B", "T", c, size, size), dtype=self.dtype, device=input_device(self)
+        )
         check_finite("pixel_values", pixel_values)
         check_range("pixel_values", pixel_values, -1.0, 1.0)
 
     def check_units(self, units: torch.Tensor) -> None:
         """Validates `(B, T, U, D)` units of this encoder."""
-        check_shape("units", units, ("B", "T", self.config.num_units_per_step, self.config.unit_dim))
+        expected = ("B", "T", self.config.num_units_per_step, self.config.unit_dim)
+        check_shape("units", units, expected, dtype=self.dtype, device=input_device(self))
         check_finite("units", units)
 
     def encode_units(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -347,15 +350,21 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         self.check_pixel_values(pixel_values)
         b, t = pixel_values.shape[:2]
         if actions is not None:
-            check_shape("actions", actions, (b, t, config.action_dim))
+            check_shape("actions", actions, (b, t, config.action_dim), dtype=self.dtype, device=input_device(self))
             check_finite("actions", actions)
         if input_ids is not None or attention_mask is not None:
             self._require_modality("text", "input_ids")
             if input_ids is None or attention_mask is None:
                 raise ValueError("`input_ids` and `attention_mask` must be given together, got only one of them.")
-            check_shape("input_ids", input_ids, (b, t, config.text_max_length), integer=True)
+            check_shape("input_ids", input_ids, (b, t, config.text_max_length), integer=True, device=input_device(self))
             check_indices("input_ids", input_ids, 256)
-            check_shape("attention_mask", attention_mask, (b, t, config.text_max_length), integer=True)
+            check_shape(
+                "attention_mask",
+                attention_mask,
+                (b, t, config.text_max_length),
+                integer=True,
+                device=input_device(self),
+            )
             check_indices("attention_mask", attention_mask, 2)
             if not bool((attention_mask.sum(-1) > 0).all()):
                 raise ValueError("`attention_mask` must keep at least one byte of every step's caption, got none.")
@@ -367,13 +376,15 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
                 raise ValueError(f"Give one of `audio_values`, `audio_codes`, `audio_features`, got {given}.")
         k, v = config.audio_num_codebooks, config.audio_codebook_dim
         if audio_values is not None:
-            check_shape("audio_values", audio_values, (b, t, config.audio_window))
+            check_shape(
+                "audio_values", audio_values, (b, t, config.audio_window), dtype=self.dtype, device=input_device(self)
+            )
             check_finite("audio_values", audio_values)
         if audio_codes is not None:
-            check_shape("audio_codes", audio_codes, (b, t, k), integer=True)
+            check_shape("audio_codes", audio_codes, (b, t, k), integer=True, device=input_device(self))
             check_indices("audio_codes", audio_codes, config.audio_codebook_size)
         if audio_features is not None:
-            check_shape("audio_features", audio_features, (b, t, k, v))
+            check_shape("audio_features", audio_features, (b, t, k, v), dtype=self.dtype, device=input_device(self))
             check_finite("audio_features", audio_features)
         if num_resampled_units is not None:
             if config.unit_layout != "resampler":

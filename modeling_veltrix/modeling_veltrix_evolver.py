@@ -24,16 +24,42 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_veltrix import VeltrixEvolverConfig
-from .input_validation import check_finite, check_increasing, check_shape, checks_enabled, inputs_checked
+from .input_validation import (
+    CLOCK_DTYPE,
+    MAX_ROLLOUT_STEPS,
+    check_count,
+    check_finite,
+    check_generator,
+    check_increasing,
+    check_shape,
+    check_step_sizes,
+    checks_enabled,
+    input_device,
+    inputs_checked,
+)
 from .modulation import modulate
 from .selective_ssm import VeltrixRMSNorm, VeltrixSelectiveSSM
 from .weights_check import VeltrixCheckedLoadingMixin
 
 
-def regular_timestamps(batch_size: int, length: int, interval: float, like: torch.Tensor) -> torch.Tensor:
-    """Timestamps `0, interval, 2·interval, ...` of shape (batch_size, length)."""
-    steps = torch.arange(length, dtype=like.dtype, device=like.device) * interval
-    return steps.expand(batch_size, length)
+def regular_timestamps(
+    batch_size: int, length: int, interval: float, like: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Timestamps `0, interval, 2·interval, ...` of shape (batch_size, length), computed in float64 and given in
+    `dtype` (defaults to `like`'s) on `like`'s device."""
+    steps = torch.arange(length, dtype=CLOCK_DTYPE, device=like.device) * interval
+    return steps.to(like.dtype if dtype is None else dtype).expand(batch_size, length)
+
+
+def check_rollout_state(state: torch.Tensor, step: int) -> None:
+    """An output check of every rollout step (not an input check, so it also runs inside `inputs_checked()`): the
+    new state must be finite, else the rollout stops at once naming the future step. One reduction per step; it uses
+    the tensor method, not `torch.isfinite`, which the tests count to prove that each input is checked once."""
+    if not bool(state.isfinite().all()):
+        raise ValueError(
+            f"The evolved state of future step {step} is not finite (NaN or inf): the `timestamps`, `actions` or "
+            "`interventions` of this rollout drive the evolver out of its float range."
+        )
 
 
 class VeltrixZeroInitLinear(nn.Linear):
@@ -228,13 +254,6 @@ def _actions_at(actions: torch.Tensor | None, context_length: int) -> Callable[[
     return lambda k: None if actions is None else actions[:, context_length - 1 + k]
 
 
-def _check_timestamps(name: str, timestamps: torch.Tensor, shape: tuple[int, int]) -> None:
-    """Requires timestamps of `shape` (B, T), finite and strictly increasing."""
-    check_shape(name, timestamps, shape)
-    check_finite(name, timestamps)
-    check_increasing(name, timestamps)
-
-
 def _check_mode(mode: str | None, actions: torch.Tensor | None, interventions: object) -> None:
     """Checks `rollout`'s mode (or its default) against its actions and interventions."""
     mode = _resolve_mode(mode, actions, interventions)
@@ -243,7 +262,7 @@ def _check_mode(mode: str | None, actions: torch.Tensor | None, interventions: o
     if mode == "free" and actions is not None:
         raise ValueError("`actions` must be None for mode='free' (the null condition drives it).")
     if mode == "conditional" and actions is None:
-        raise ValueError("`actions` of shape (B, T + num_steps, A) are required for mode='conditional'.")
+        raise ValueError("`actions` of shape (B, T + num_steps, A) are required for mode='conditional', got None.")
     if mode == "counterfactual" and interventions is None:
         raise ValueError("`interventions` are required for mode='counterfactual'.")
     if mode != "counterfactual" and interventions is not None:
@@ -340,8 +359,17 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             if steps
             else ("B", self.config.num_units_per_step, self.config.unit_dim)
         )
-        check_shape(name, units, expected)
+        check_shape(name, units, expected, dtype=self.dtype, device=input_device(self))
         check_finite(name, units)
+
+    def _check_timestamps(self, name: str, timestamps: torch.Tensor, shape: tuple[int, ...], increasing: bool) -> None:
+        """Requires timestamps of `shape` in the model's dtype or float64 (the clock's), finite and, when
+        `increasing`, strictly increasing along the last axis by steps that `check_step_sizes` accepts."""
+        check_shape(name, timestamps, shape, dtype=(self.dtype, CLOCK_DTYPE), device=input_device(self))
+        check_finite(name, timestamps)
+        if increasing:
+            check_increasing(name, timestamps)
+            check_step_sizes(name, timestamps.diff(dim=-1), self.config.dt_reference, self.dtype)
 
     def _check_actions(self, name: str, actions: torch.Tensor | None, lead: tuple[int, ...]) -> None:
         """Requires `actions` (*lead, config.action_dim), finite, or None."""
@@ -349,7 +377,7 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             return
         if not self.config.action_dim:
             raise ValueError(f"`{name}` was given but this evolver takes no actions (config.action_dim=0).")
-        check_shape(name, actions, (*lead, self.config.action_dim))
+        check_shape(name, actions, (*lead, self.config.action_dim), dtype=self.dtype, device=input_device(self))
         check_finite(name, actions)
 
     def _velocity_to_units(
@@ -371,16 +399,17 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         self._check_units("units", units, steps=True)
         b, t = units.shape[:2]
         if timestamps is not None:
-            _check_timestamps("timestamps", timestamps, (b, t))
+            self._check_timestamps("timestamps", timestamps, (b, t), increasing=True)
         self._check_actions("actions", actions, (b, t))
         if prediction_timestamps is None:
             return
-        check_shape("prediction_timestamps", prediction_timestamps, (b, t))
-        check_finite("prediction_timestamps", prediction_timestamps)
+        self._check_timestamps("prediction_timestamps", prediction_timestamps, (b, t), increasing=False)
         if timestamps is None:
-            timestamps = regular_timestamps(b, t, self.config.dt_reference, units)
+            timestamps = regular_timestamps(b, t, self.config.dt_reference, units, CLOCK_DTYPE)
         if not bool((prediction_timestamps > timestamps).all()):
             raise ValueError("`prediction_timestamps` must be later than `timestamps` at every step.")
+        ahead = prediction_timestamps.to(CLOCK_DTYPE) - timestamps.to(CLOCK_DTYPE)
+        check_step_sizes("prediction_timestamps", ahead, self.config.dt_reference, self.dtype)
 
     def forward(
         self,
@@ -416,8 +445,10 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             prediction_timestamps = torch.cat([timestamps[:, 1:], timestamps[:, -1:] + last_gap], dim=1)
 
         reference = self.config.dt_reference
+        # Times may be float64 (the clock's dtype): differences are taken in it, step sizes cast to the model's.
         gaps = torch.cat([torch.ones_like(timestamps[:, :1]), timestamps.diff(dim=1) / reference], dim=1)
-        step_sizes = (prediction_timestamps - timestamps) / reference
+        gaps = gaps.to(units.dtype)
+        step_sizes = ((prediction_timestamps - timestamps) / reference).to(units.dtype)
         condition = self.condition_embedding(step_sizes, actions)
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []
@@ -442,14 +473,59 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         """Checks `step`'s inputs."""
         self._check_units("units", units, steps=False)
         b = units.shape[0]
+        self._check_cache(cache, b)
         for name, value in (("timestamp", timestamp), ("prediction_timestamp", prediction_timestamp)):
-            check_shape(name, value, (b,))
-            check_finite(name, value)
+            self._check_timestamps(name, value, (b,), increasing=False)
         if not bool((timestamp > cache.last_timestamps).all()):
-            raise ValueError("`timestamp` must be later than the cache's last timestamp.")
+            raise ValueError("`timestamp` must be later than the cache's last timestamp (`cache.last_timestamps`).")
         if not bool((prediction_timestamp > timestamp).all()):
             raise ValueError("`prediction_timestamp` must be later than `timestamp`.")
+        reference, clock = self.config.dt_reference, CLOCK_DTYPE
+        check_step_sizes("timestamp", timestamp.to(clock) - cache.last_timestamps.to(clock), reference, self.dtype)
+        check_step_sizes(
+            "prediction_timestamp", prediction_timestamp.to(clock) - timestamp.to(clock), reference, self.dtype
+        )
         self._check_actions("actions", actions, (b,))
+
+    def _check_cache(self, cache: object, batch_size: int) -> None:
+        """Requires a `VeltrixEvolverCache` of this evolver for `batch_size` trajectories: one conv and one SSM state
+        per layer, of this model's shapes, dtype and device, and finite last timestamps (B,)."""
+        if not isinstance(cache, VeltrixEvolverCache):
+            raise ValueError(
+                "`cache` must be a VeltrixEvolverCache (from `forward(..., use_cache=True)` or `step`), "
+                f"got {type(cache).__name__}."
+            )
+        last = cache.last_timestamps
+        if isinstance(last, torch.Tensor) and last.dim() == 1 and last.shape[0] != batch_size:
+            raise ValueError(
+                f"`cache` holds the state of {last.shape[0]} trajectories, but `units` has {batch_size} (batch size)."
+            )
+        layers = len(self.layers)
+        if not all(isinstance(states, (list, tuple)) for states in (cache.conv_states, cache.ssm_states)):
+            raise ValueError("`cache.conv_states` and `cache.ssm_states` must be lists of tensors (one per layer).")
+        if len(cache.conv_states) != layers or len(cache.ssm_states) != layers:
+            raise ValueError(
+                f"`cache` must hold {layers} conv and SSM states (one per layer), "
+                f"got {len(cache.conv_states)} and {len(cache.ssm_states)}."
+            )
+        rows = batch_size * self.config.num_units_per_step
+        for index, layer in enumerate(self.layers):
+            ssm = layer.ssm
+            conv_shape = (rows, ssm.conv_dim, ssm.conv_kernel - 1)
+            ssm_shape = (rows, ssm.num_heads, ssm.head_dim, ssm.state_size)
+            for name, state, shape in (
+                ("conv_states", cache.conv_states, conv_shape),
+                ("ssm_states", cache.ssm_states, ssm_shape),
+            ):
+                check_shape(f"cache.{name}[{index}]", state[index], shape, dtype=self.dtype, device=input_device(self))
+        check_shape(
+            "cache.last_timestamps",
+            cache.last_timestamps,
+            (batch_size,),
+            dtype=(self.dtype, CLOCK_DTYPE),
+            device=input_device(self),
+        )
+        check_finite("cache.last_timestamps", cache.last_timestamps)
 
     def step(
         self,
@@ -485,8 +561,8 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
     ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
         """`step` without input checks (rollouts check their inputs once)."""
         reference = self.config.dt_reference
-        gaps = (timestamp - cache.last_timestamps) / reference
-        step_sizes = (prediction_timestamp - timestamp) / reference
+        gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
+        step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
         condition = self.condition_embedding(step_sizes, actions)
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []
@@ -511,11 +587,10 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         >= 1), `actions` (B, T + num_steps, A) and `timestamps` (B, T + num_steps) (finite; timestamps strictly
         increasing), `mode` against them and `interventions`, and the interventions. Needs no context, so a caller
         can check before encoding one, then call `rollout` inside `input_validation.inputs_checked()`."""
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
+        check_count("num_steps", num_steps, MAX_ROLLOUT_STEPS)
         length = context_length + num_steps
         if timestamps is not None:
-            _check_timestamps("timestamps", timestamps, (batch_size, length))
+            self._check_timestamps("timestamps", timestamps, (batch_size, length), increasing=True)
         self._check_actions("actions", actions, (batch_size, length))
         _check_mode(mode, actions, interventions)
         if interventions is not None:
@@ -539,7 +614,13 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
                 raise ValueError(f"`{name}` must set `actions`, `state_delta` or both.")
             self._check_actions(f"{name}.actions", intervention.actions, (batch_size, num_steps - step))
             if intervention.state_delta is not None:
-                check_shape(f"{name}.state_delta", intervention.state_delta, unit_shape)
+                check_shape(
+                    f"{name}.state_delta",
+                    intervention.state_delta,
+                    unit_shape,
+                    dtype=self.dtype,
+                    device=input_device(self),
+                )
                 check_finite(f"{name}.state_delta", intervention.state_delta)
 
     def _check_rollout(
@@ -560,14 +641,14 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         self, context: torch.Tensor, timestamps: torch.Tensor | None
     ) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
         """The context's timestamps (B, T) and `time_at(k)`, the time (B,) of trajectory index T - 1 + k (k = 0: the
-        last context step, k >= 1: future step k - 1). Default timestamps are made one at a time, so a stream holds
-        nothing that grows with the horizon."""
+        last context step, k >= 1: future step k - 1). Default timestamps are made one at a time, in float64 (the
+        clock stays exact over any horizon), so a stream holds nothing that grows with the horizon."""
         b, t = context.shape[:2]
         if timestamps is not None:
             return timestamps[:, :t], lambda k: timestamps[:, t - 1 + k]
         interval = self.config.dt_reference
-        grid = regular_timestamps(b, t, interval, context)
-        return grid, lambda k: torch.full((b,), t - 1 + k, dtype=context.dtype, device=context.device) * interval
+        grid = regular_timestamps(b, t, interval, context, CLOCK_DTYPE)
+        return grid, lambda k: torch.full((b,), t - 1 + k, dtype=CLOCK_DTYPE, device=context.device) * interval
 
     def _prefill(
         self, context: torch.Tensor, context_times: torch.Tensor, actions: torch.Tensor | None
@@ -610,6 +691,7 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k))
             if k in state_deltas:
                 state = state + state_deltas[k]
+            check_rollout_state(state, k)
             yield state, cache
 
     def rollout(
@@ -625,11 +707,12 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
 
         Args:
             context (`torch.Tensor` of shape `(B, T, U, D)`): observed states.
-            num_steps (`int`): how many future states to produce (>= 1).
+            num_steps (`int`): how many future states to produce, 1 … `MAX_ROLLOUT_STEPS` (100 000).
             actions (`torch.Tensor` of shape `(B, T + num_steps, A)`, *optional*): the action at every step of the
                 whole trajectory, context and future (the last one acts after the horizon and is unused).
             timestamps (`torch.Tensor` of shape `(B, T + num_steps)`, *optional*): strictly increasing times of
-                the whole trajectory; defaults to a regular grid of `config.dt_reference`.
+                the whole trajectory, in the model's dtype or float64 (kept exact by the float64 clock), each step
+                1e-6 to 1e6 times `config.dt_reference`; defaults to a regular grid of `config.dt_reference`.
             mode (`str`, *optional*): the evolution mode (the whitepaper's three):
                 - `"free"`: no actions; the learned null condition drives every step;
                 - `"conditional"`: `actions` drive the steps;
@@ -648,8 +731,9 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             self._check_rollout(context, num_steps, actions, timestamps, mode, interventions)
         b, t = context.shape[:2]
         mode, edits = _resolve_mode(mode, actions, interventions), _intervention_list(interventions)
+        output_dtype = context.dtype if timestamps is None else timestamps.dtype
         if timestamps is None:
-            timestamps = regular_timestamps(b, t + num_steps, self.config.dt_reference, context)
+            timestamps = regular_timestamps(b, t + num_steps, self.config.dt_reference, context, CLOCK_DTYPE)
         context_times, time_at = self._rollout_times(context, timestamps)
         actions_at = _actions_at(actions, t)
         cache = self._prefill(context, context_times, actions)
@@ -662,14 +746,15 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             if k + 1 == fork_step:
                 fork = (state, cache_after)
         units = torch.stack(factual, dim=1)
+        future_times = timestamps[:, t:].to(output_dtype)
         if mode != "counterfactual":
-            return VeltrixRolloutOutput(units=units, timestamps=timestamps[:, t:])
+            return VeltrixRolloutOutput(units=units, timestamps=future_times)
         branch = self._counterfactual_branch(fork, fork_step, num_steps, edits, time_at, actions_at)
         counterfactual = torch.cat([units[:, :fork_step], branch], dim=1)
         divergence = (counterfactual - units).pow(2).mean(dim=(2, 3)).sqrt()
         return VeltrixCounterfactualRolloutOutput(
             units=units,
-            timestamps=timestamps[:, t:],
+            timestamps=future_times,
             counterfactual_units=counterfactual,
             divergence=divergence,
         )
@@ -720,7 +805,8 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
         context_times, time_at = self._rollout_times(context, timestamps)
         cache = self._prefill(context, context_times, actions)
         states = self._advance(context[:, -1], cache, time_at, _actions_at(actions, t), {}, 0, num_steps)
-        return ((time_at(k + 1), state) for k, (state, _) in enumerate(states))
+        output_dtype = context.dtype if timestamps is None else timestamps.dtype
+        return ((time_at(k + 1).to(output_dtype), state) for k, (state, _) in enumerate(states))
 
 
 def midpoint_rollout(
@@ -752,7 +838,7 @@ def midpoint_rollout(
         evolver._check_rollout(context, num_steps, actions, timestamps)
     b, t = context.shape[:2]
     if timestamps is None:
-        timestamps = regular_timestamps(b, t + num_steps, evolver.config.dt_reference, context)
+        timestamps = regular_timestamps(b, t + num_steps, evolver.config.dt_reference, context, CLOCK_DTYPE)
     ends = timestamps[:, t - 1 :]  # (B, num_steps + 1): the last context step, then the future observations
     fine = torch.stack([(ends[:, :-1] + ends[:, 1:]) / 2, ends[:, 1:]], dim=2).flatten(1)  # midpoint, end, ...
     fine_actions = None
@@ -774,13 +860,16 @@ def _check_lyapunov_inputs(
     actions: torch.Tensor | None,
     timestamps: torch.Tensor | None,
     perturbation: float,
+    generator: torch.Generator | None,
 ) -> None:
     """Checks `lyapunov_penalty`'s inputs: those of its rollout, the reference rollout and the perturbation."""
-    if not perturbation > 0:
-        raise ValueError(f"`perturbation` must be > 0, got {perturbation}.")
+    if isinstance(perturbation, bool) or not isinstance(perturbation, (int, float)) or not perturbation > 0:
+        raise ValueError(f"`perturbation` must be a number > 0, got {perturbation!r}.")
+    check_generator("generator", generator, batch_size=None)
     evolver._check_units("context", context, steps=True)
     b, t = context.shape[:2]
-    check_shape("reference", reference, (b, "K", evolver.config.num_units_per_step, evolver.config.unit_dim))
+    unit_shape = (b, "K", evolver.config.num_units_per_step, evolver.config.unit_dim)
+    check_shape("reference", reference, unit_shape, dtype=evolver.dtype, device=input_device(evolver))
     evolver.check_rollout_inputs(b, t, reference.shape[1], actions, timestamps)
 
 
@@ -813,7 +902,7 @@ def lyapunov_penalty(
         The penalty, a scalar tensor.
     """
     if checks_enabled():
-        _check_lyapunov_inputs(evolver, context, reference, actions, timestamps, perturbation)
+        _check_lyapunov_inputs(evolver, context, reference, actions, timestamps, perturbation, generator)
     noise = torch.randn(context.shape, generator=generator, dtype=context.dtype, device=context.device)
     with torch.no_grad():
         rms = context.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()

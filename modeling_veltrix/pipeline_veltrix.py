@@ -12,11 +12,13 @@ files. The code files of a saved folder are written by a repository writer that 
 (`register_repository_writer`: the package's Hub export); a repository's copy registers none.
 """
 
+import dataclasses
 import importlib
 import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -29,25 +31,69 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
 
-from .input_validation import check_finite, check_shape, checks_enabled, inputs_checked
+from .input_validation import (
+    CLOCK_DTYPE,
+    MAX_INFERENCE_STEPS,
+    MAX_ROLLOUT_STEPS,
+    check_count,
+    check_finite,
+    check_generator,
+    check_shape,
+    checks_enabled,
+    input_device,
+    inputs_checked,
+)
 from .pipeline_world_rollout import VeltrixWorldConfig
 from .repository_check import (
     LIBRARIES,
     MODEL_INDEX,
     VeltrixRepositoryError,
     check_component_config,
+    check_components_fit,
+    check_one_save,
     check_repository,
+    component_entries,
+    content_save_id,
+    resaved_since,
     resolve_repository,
+    save_in_progress,
+    stamp_saved_folder,
     write_folder_atomically,
 )
+from .weights_check import check_finite_file
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 OUTPUT_MODALITIES = ("frames", "audio", "text")
 
 
-def check_step_count(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+def check_step_count(name: str, value: object, maximum: int = MAX_ROLLOUT_STEPS) -> None:
+    """Requires an int in [1, maximum] (`MAX_ROLLOUT_STEPS` for horizons), checked before anything is allocated."""
+    check_count(name, value, maximum)
+
+
+def to_model_dtype(value: object, device: torch.device, dtype: torch.dtype) -> object:
+    """The pipeline's one explicit conversion: a floating tensor with data to `dtype` on `device`, an integer tensor
+    to `device`; anything else (a list, a meta tensor) is returned as it came, for the checks to name."""
+    if not isinstance(value, torch.Tensor) or value.is_meta or value.is_complex():
+        return value
+    return value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device=device)
+
+
+def convert_interventions(interventions: object, device: torch.device, dtype: torch.dtype) -> object:
+    """`to_model_dtype` on the `actions` and `state_delta` of a `VeltrixIntervention` or of a list of them; anything
+    else is returned as it came, for the evolver's checks to name."""
+    if isinstance(interventions, (list, tuple)):
+        return [convert_interventions(item, device, dtype) for item in interventions]
+    if not dataclasses.is_dataclass(interventions) or isinstance(interventions, type):
+        return interventions
+    fields = {field.name for field in dataclasses.fields(interventions)}
+    if not {"actions", "state_delta"} <= fields:
+        return interventions
+    return dataclasses.replace(
+        interventions,
+        actions=to_model_dtype(interventions.actions, device, dtype),
+        state_delta=to_model_dtype(interventions.state_delta, device, dtype),
+    )
 
 
 @dataclass
@@ -152,16 +198,29 @@ class VeltrixPipeline(DiffusionPipeline):
         token: str | bool | None = None,
         local_files_only: bool = False,
         force_download: bool = False,
+        strict_weights: bool = True,
     ) -> "VeltrixPipeline":
         """Loads a folder written by `save_pretrained`, or a Hub repository id (through the Hugging Face cache).
 
         The folder is checked first (`check_repository`): a missing `model_index.json`, component folder or weights
-        file, a truncated weights file, or a layout or configuration written by an incompatible version raises
-        `VeltrixRepositoryError` naming the file, and nothing is loaded. Components whose classes are registered
-        (`register_component_class`; the installed package registers its own) load with them and no code from the
-        folder runs. Otherwise the folder's own code loads the pipeline, as `DiffusionPipeline.from_pretrained`
-        does, which takes `trust_remote_code=True`.
+        file, a malformed `model_index.json` entry, a truncated weights file, or a layout or configuration written by
+        an incompatible version raises `VeltrixRepositoryError` naming the file, and nothing is loaded. Each
+        component's weights must then match it exactly, tensor by tensor, and be finite (`VeltrixCheckedLoadingMixin`;
+        `strict_weights=False` lets missing and unexpected tensors through, to fine-tune from a partial checkpoint),
+        and the components must fit together (unit width, action size, frame size and channels), or
+        `VeltrixRepositoryError` names the files and tensors or settings.
+
+        A load sees one save: `save_pretrained` writes the save's id (a hash of its content, `content_save_id`) into
+        `model_index.json` and every component configuration, and the ids are compared after loading
+        (`check_one_save`). A folder re-saved during the load is
+        loaded once more; a folder whose components come from different saves raises `VeltrixRepositoryError`.
+
+        Components whose classes are registered (`register_component_class`; the installed package registers its own)
+        load with them and no code from the folder runs. Otherwise the folder's own code loads the pipeline, as
+        `DiffusionPipeline.from_pretrained` does, which takes `trust_remote_code=True`.
         """
+        if not isinstance(strict_weights, bool):
+            raise ValueError(f"`strict_weights` must be a bool, got {strict_weights!r}.")
         folder = resolve_repository(
             pretrained_model_name_or_path,
             cache_dir=cache_dir,
@@ -170,36 +229,90 @@ class VeltrixPipeline(DiffusionPipeline):
             local_files_only=local_files_only,
             force_download=force_download,
         )
+        for attempt in range(2):
+            index = None
+            try:
+                index = check_repository(folder)
+                pipeline = cls._load_checked(folder, index, trust_remote_code, torch_dtype, strict_weights)
+                check_one_save(folder, index)
+                break
+            except Exception:
+                changed = save_in_progress(folder) if index is None else resaved_since(folder, index)
+                if attempt == 1 or not changed:
+                    raise
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipeline
+
+    @classmethod
+    def check_folder(cls, folder: str) -> None:
+        """Checks the local saved pipeline `folder` without loading a model: `check_repository`, then, for each
+        component whose class is registered, its configuration, its weights' tensor names and shapes, and their
+        values (finite), and that the components fit together; raises `VeltrixRepositoryError` naming the file.
+        `VeltrixWorldConfig` runs it when it is read from a folder, so `pipeline("world-rollout", model=folder)`
+        raises that error itself. It reads every weights file once more than a load does."""
         index = check_repository(folder)
-        entries = {
-            name: entry
-            for name, entry in index.items()
-            if isinstance(entry, list) and name != "_class_name" and entry[0] is not None  # [None, None]: left out
-        }
+        if cls._installed_component_classes:  # this code loads the pipeline (a folder's own copy registers none)
+            cls._saved_settings(folder, index)
+        configs = {}
+        for name, (library, class_name) in component_entries(index, os.path.join(folder, MODEL_INDEX)).items():
+            component_class = cls._installed_component_classes.get(class_name)
+            if library in LIBRARIES or component_class is None:
+                continue
+            check_component_config(folder, name, component_class)
+            check_finite_file(component_class.check_saved_weights(os.path.join(folder, name)))
+            if issubclass(component_class, PreTrainedModel):
+                configs[name] = SimpleNamespace(
+                    config=component_class.config_class.from_pretrained(folder, subfolder=name)
+                )
+            else:
+                configs[name] = SimpleNamespace(
+                    config=SimpleNamespace(**component_class.load_config(folder, subfolder=name))
+                )
+        check_components_fit(folder, configs)
+
+    @classmethod
+    def _load_checked(
+        cls, folder: str, index: dict, trust_remote_code: bool, torch_dtype: torch.dtype | None, strict_weights: bool
+    ) -> "VeltrixPipeline":
+        """The pipeline of the checked `folder` (its `model_index.json` read as `index`), loaded with the registered
+        component classes, or with the folder's own code where one is not registered."""
+        entries = component_entries(index, os.path.join(folder, MODEL_INDEX))
         installed = cls._installed_component_classes
         if any(library not in LIBRARIES and name not in installed for library, name in entries.values()):
             pipeline = DiffusionPipeline.from_pretrained(
                 folder, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype
             )
         else:
-            pipeline = cls(**cls._load_installed_components(folder, entries), **cls._saved_settings(folder, index))
+            components = cls._load_installed_components(folder, entries, strict_weights)
+            pipeline = cls(**components, **cls._saved_settings(folder, index))
             if torch_dtype is not None:
                 pipeline.to(dtype=torch_dtype)
-        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        check_components_fit(folder, pipeline.components)
         return pipeline
 
     @classmethod
-    def _load_installed_components(cls, folder: str, entries: dict[str, list]) -> dict[str, object]:
+    def _load_installed_components(
+        cls, folder: str, entries: dict[str, list], strict_weights: bool = True
+    ) -> dict[str, object]:
         """Each component of `model_index.json` (name -> [library or code file, class name]) loaded from its folder
-        with the library's or the registered class."""
+        with the library's or the registered class (the registered ones with their weights checks, `strict_weights`
+        as in `from_pretrained`)."""
         components = {}
         for name, (library, class_name) in entries.items():
             if library in LIBRARIES:
-                component_class = getattr(importlib.import_module(library), class_name)
+                component_class = getattr(importlib.import_module(library), class_name, None)
+                if component_class is None:
+                    raise VeltrixRepositoryError(
+                        f"{os.path.join(folder, MODEL_INDEX)}: the component `{name}` names {library}.{class_name}, "
+                        f"which {library} does not have."
+                    )
+                components[name] = component_class.from_pretrained(folder, subfolder=name)
             else:
                 component_class = cls._installed_component_classes[class_name]
                 check_component_config(folder, name, component_class)
-            components[name] = component_class.from_pretrained(folder, subfolder=name)
+                components[name] = component_class.from_pretrained(
+                    folder, subfolder=name, strict_weights=strict_weights
+                )
         return components
 
     @classmethod
@@ -224,8 +337,10 @@ class VeltrixPipeline(DiffusionPipeline):
         """Writes what `DiffusionPipeline.save_pretrained` writes (safetensors weights and configs per component,
         `model_index.json`) plus, through the registered repository writer, a complete Hub repository (each
         component's self-contained code, the root pipeline file and the `config.json` that `transformers.pipeline`
-        reads; layout in `repository_check`). The folder is written next to `save_directory` and renamed into place,
-        so `save_directory` never holds a partial repository."""
+        reads; layout in `repository_check`). Every configuration gets this save's id (`stamp_saved_folder`, which
+        also drops the local `_name_or_path`), so that `from_pretrained` can tell one save from a mix of two. The
+        folder is written next to `save_directory` and swapped into place (`write_folder_atomically`): the old folder
+        is deleted only once the new one is in place, and `save_directory` never holds a partial repository."""
         if not safe_serialization:
             raise ValueError("`safe_serialization` must be True: Veltrix saves safetensors only, got False.")
 
@@ -235,6 +350,7 @@ class VeltrixPipeline(DiffusionPipeline):
             )
             if self._repository_writer is not None:
                 self._repository_writer(self, staging)
+            stamp_saved_folder(staging, content_save_id(staging))
 
         write_folder_atomically(write, save_directory)
 
@@ -250,26 +366,29 @@ class VeltrixPipeline(DiffusionPipeline):
         mode: str | None = None,
         interventions: object = None,
         observed: dict[str, torch.Tensor] | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> None:
         """Validates every input of a call once, before anything is computed: the encoder's (`pixel_values` and the
         `observed` text and audio), the evolver's rollout inputs (actions and timestamps of context and future steps,
-        mode, interventions) and the pipeline's own."""
-        if output_type not in OUTPUT_TYPES:
+        mode, interventions) and the pipeline's own (counts capped by `MAX_ROLLOUT_STEPS` / `MAX_INFERENCE_STEPS`,
+        `output_type`, `output_modalities`, `generator`)."""
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.check_output_modalities(output_modalities)
         check_step_count("num_future_steps", num_future_steps)
-        check_step_count("num_inference_steps", num_inference_steps)
+        check_step_count("num_inference_steps", num_inference_steps, MAX_INFERENCE_STEPS)
         self.encoder.check_inputs(pixel_values, observed=observed)
         b, t = pixel_values.shape[:2]
         self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
+        check_generator("generator", generator, batch_size=b)
 
     def check_output_modalities(self, output_modalities: tuple[str, ...]) -> None:
         """At least one of `OUTPUT_MODALITIES`, no repeats, and text or audio only from an encoder that has them."""
         if (
             not isinstance(output_modalities, (tuple, list))
             or not output_modalities
+            or any(not isinstance(m, str) or m not in OUTPUT_MODALITIES for m in output_modalities)
             or len(set(output_modalities)) != len(output_modalities)
-            or any(m not in OUTPUT_MODALITIES for m in output_modalities)
         ):
             raise ValueError(
                 f"`output_modalities` must be a non-empty tuple of distinct entries of {OUTPUT_MODALITIES}, "
@@ -284,12 +403,24 @@ class VeltrixPipeline(DiffusionPipeline):
             )
 
     def prepare_latents(
-        self, num_frames: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+        self,
+        num_frames: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
-        """Gaussian noise (num_frames, C, H, W) at flow time σ = 1."""
+        """Gaussian noise (num_frames, C, H, W) at flow time σ = 1; with a list of G generators, each draws the
+        noise of `num_frames / G` consecutive frames (one trajectory's, in a call)."""
         config = self.decoder.config
-        shape = (num_frames, config.in_channels, config.sample_size, config.sample_size)
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        frame = (config.in_channels, config.sample_size, config.sample_size)
+        if not isinstance(generator, list):
+            return randn_tensor((num_frames, *frame), generator=generator, device=device, dtype=dtype)
+        if not generator or num_frames % len(generator):
+            raise ValueError(
+                f"`generator` must be a list whose length divides num_frames={num_frames}, got {len(generator)}."
+            )
+        share = (num_frames // len(generator), *frame)
+        return torch.cat([randn_tensor(share, generator=g, device=device, dtype=dtype) for g in generator])
 
     def decode_units(
         self,
@@ -304,9 +435,11 @@ class VeltrixPipeline(DiffusionPipeline):
         units' frame subspace (`encoder.frame_subspace`). A decoder with `temporal_context` also takes each frame's
         `previous_frame` (N, C, H, W). The inputs are checked once here, not at every Euler step."""
         if checks_enabled():
-            check_shape("units", units, ("N", "U", self.encoder.config.unit_dim))
+            check_shape("units", units, ("N", "U", self.encoder.config.unit_dim), device=input_device(self.decoder))
             check_finite("units", units)
-            check_step_count("num_inference_steps", num_inference_steps)
+            check_step_count("num_inference_steps", num_inference_steps, MAX_INFERENCE_STEPS)
+            check_generator("generator", generator, batch_size=units.shape[0])
+            self._check_latents(units, latents, previous_frame)
         if latents is None:
             latents = self.prepare_latents(units.shape[0], units.dtype, units.device, generator)
         context = self.encoder.frame_subspace(units.to(self.encoder.dtype)).to(self.decoder.dtype)
@@ -317,6 +450,17 @@ class VeltrixPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(velocity, t, latents).prev_sample
                 progress_bar.update()
         return latents.clamp(-1.0, 1.0)
+
+    def _check_latents(
+        self, units: torch.Tensor, latents: torch.Tensor | None, previous_frame: torch.Tensor | None
+    ) -> None:
+        """`decode_units`' optional noise and previous frames: (N, C, H, W) in the decoder's dtype, finite."""
+        config = self.decoder.config
+        shape = (units.shape[0], config.in_channels, config.sample_size, config.sample_size)
+        for name, value in (("latents", latents), ("previous_frame", previous_frame)):
+            if value is not None:
+                check_shape(name, value, shape, dtype=self.decoder.dtype, device=input_device(self.decoder))
+                check_finite(name, value)
 
     def decode_rollout(
         self,
@@ -349,7 +493,7 @@ class VeltrixPipeline(DiffusionPipeline):
         timestamps: torch.Tensor | None = None,
         num_future_steps: int | None = None,
         num_inference_steps: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         input_ids: torch.Tensor | None = None,
@@ -367,12 +511,14 @@ class VeltrixPipeline(DiffusionPipeline):
             actions (`torch.Tensor` of shape `(B, T + num_future_steps, A)`, *optional*): the action at every
                 step, context and future; `None` evolves freely.
             timestamps (`torch.Tensor` of shape `(B, T + num_future_steps)`, *optional*): strictly increasing
-                times in seconds of context and future steps; defaults to the evolver's reference interval.
-            num_future_steps (`int`, *optional*): how many future steps to evolve and render; defaults to
-                `self.config.default_num_future_steps`.
-            num_inference_steps (`int`, *optional*): Euler steps of the flow-matching decoder; defaults to
-                `self.config.default_num_inference_steps`.
-            generator (`torch.Generator`, *optional*): makes the decoder's noise reproducible.
+                times in seconds of context and future steps, each step 1e-6 to 1e6 times the evolver's
+                `dt_reference`; defaults to steps of `dt_reference`. The rollout's clock runs in float64.
+            num_future_steps (`int`, *optional*): how many future steps to evolve and render, at most
+                `MAX_ROLLOUT_STEPS` (100 000); defaults to `self.config.default_num_future_steps`.
+            num_inference_steps (`int`, *optional*): Euler steps of the flow-matching decoder, at most
+                `MAX_INFERENCE_STEPS` (1000); defaults to `self.config.default_num_inference_steps`.
+            generator (`torch.Generator` or a list of `B` of them, *optional*): makes the decoder's noise reproducible;
+                a list draws each trajectory's noise with its own generator.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
             input_ids, attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): the context steps' captions
@@ -388,6 +534,10 @@ class VeltrixPipeline(DiffusionPipeline):
             interventions ([`VeltrixIntervention`] or a list of them, *optional*): the edits of the counterfactual
                 branch (replacement future actions and/or a state impulse from a future step on). Both branches are
                 rendered from the same noise, so their frames differ only by the intervention's effect.
+
+        Floating inputs of any floating dtype are converted to the components' dtype (timestamps to float64) before
+        they are checked; `out.timestamps` comes back in the dtype of the given timestamps. Every input is checked
+        once, before anything is computed, and a bad one raises a `ValueError` naming it (`input_validation`).
 
         Examples:
 
@@ -409,7 +559,19 @@ class VeltrixPipeline(DiffusionPipeline):
             "audio_codes": audio_codes,
             "audio_features": audio_features,
         }
-        observed = {name: value for name, value in observed.items() if value is not None}
+        device = self._execution_device
+        # The one explicit conversion of input_validation's dtype policy, before the checks (which then see the values
+        # as the models will): floating inputs to their component's dtype, timestamps to the float64 clock.
+        timestamps_dtype = timestamps.dtype if isinstance(timestamps, torch.Tensor) else self.evolver.dtype
+        pixel_values = to_model_dtype(pixel_values, device, self.encoder.dtype)
+        actions = to_model_dtype(actions, device, self.evolver.dtype)
+        timestamps = to_model_dtype(timestamps, device, CLOCK_DTYPE)
+        interventions = convert_interventions(interventions, device, self.evolver.dtype)
+        observed = {
+            name: to_model_dtype(value, device, self.encoder.dtype)
+            for name, value in observed.items()
+            if value is not None
+        }
         self.check_inputs(
             pixel_values,
             actions,
@@ -421,15 +583,8 @@ class VeltrixPipeline(DiffusionPipeline):
             mode,
             interventions,
             observed,
+            generator,
         )
-        device = self._execution_device
-        pixel_values = pixel_values.to(device=device, dtype=self.encoder.dtype)
-        actions = None if actions is None else actions.to(device=device, dtype=self.evolver.dtype)
-        timestamps = None if timestamps is None else timestamps.to(device=device, dtype=self.evolver.dtype)
-        observed = {
-            name: value.to(device=device, dtype=self.encoder.dtype if value.is_floating_point() else value.dtype)
-            for name, value in observed.items()
-        }
         # Everything was checked above: the models skip their own checks (and the decoder its per-step ones).
         with inputs_checked():
             context = self.encoder(pixel_values, **observed).units
@@ -442,6 +597,9 @@ class VeltrixPipeline(DiffusionPipeline):
                 interventions=interventions,
             )
             units = rollout.units
+            future_timestamps = rollout.timestamps.to(
+                timestamps_dtype if timestamps_dtype.is_floating_point else units.dtype
+            )
             counterfactual_units = getattr(rollout, "counterfactual_units", None)
             captions = future_audio_features = future_audio_codes = None
             if "text" in output_modalities:
@@ -466,11 +624,11 @@ class VeltrixPipeline(DiffusionPipeline):
         if not return_dict:
             # Those asked for, in this order.
             extras = (captions, future_audio_features, future_audio_codes, *counterfactual.values())
-            return images, units, rollout.timestamps, *(value for value in extras if value is not None)
+            return images, units, future_timestamps, *(value for value in extras if value is not None)
         return VeltrixPipelineOutput(
             frames=images,
             units=units,
-            timestamps=rollout.timestamps,
+            timestamps=future_timestamps,
             captions=captions,
             audio_features=future_audio_features,
             audio_codes=future_audio_codes,
@@ -535,12 +693,13 @@ class VeltrixWorldModel(PreTrainedModel):
         token: str | bool | None = None,
         local_files_only: bool = False,
         force_download: bool = False,
+        strict_weights: bool = True,
         **loader_kwargs,
     ) -> "VeltrixWorldModel":
         """Loads the [`VeltrixPipeline`] of a folder or Hub repository id (`VeltrixPipeline.from_pretrained`, with
-        its checks) and wraps it. `dtype="auto"` keeps the saved dtype. `loader_kwargs` are what `AutoModel` and
-        `pipeline()` pass for their own bookkeeping (`_from_auto`, `_from_pipeline`, `code_revision`,
-        `adapter_kwargs`); anything else raises."""
+        its checks; `strict_weights` as there) and wraps it. `dtype="auto"` keeps the saved dtype. `loader_kwargs`
+        are what `AutoModel` and `pipeline()` pass for their own bookkeeping (`_from_auto`, `_from_pipeline`,
+        `code_revision`, `adapter_kwargs`); anything else raises."""
         unexpected = sorted(set(loader_kwargs) - {"_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs"})
         if unexpected:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unexpected}.")
@@ -550,6 +709,7 @@ class VeltrixWorldModel(PreTrainedModel):
             trust_remote_code=trust_remote_code,
             torch_dtype=None if dtype in (None, "auto") else dtype,
             force_download=force_download,
+            strict_weights=strict_weights,
             **download,
         )
         if config is None:
@@ -565,5 +725,7 @@ class VeltrixWorldModel(PreTrainedModel):
         """Saves the whole repository through `VeltrixPipeline.save_pretrained`."""
         self.pipeline.save_pretrained(save_directory, max_shard_size=max_shard_size)
 
+
+VeltrixWorldConfig.folder_check = VeltrixPipeline.check_folder
 
 __all__ = ["VeltrixPipeline", "VeltrixPipelineOutput", "VeltrixWorldModel"]

@@ -9,12 +9,28 @@ Where this package is not installed, `pipeline(model=folder_or_repo_id, trust_re
 the folder's `config.json` (`custom_pipelines`) and runs the folder's own copy of this code.
 """
 
+import os
+from collections.abc import Callable
+from typing import ClassVar
+
 import torch
 from transformers import Pipeline, PreTrainedConfig
 from transformers.pipelines import PIPELINE_REGISTRY
 
 TASK = "world-rollout"
 TASK_OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def check_trajectory_input(name: str, value: object, ndim: int, batched: bool, feature: str) -> None:
+    """Requires `value` None or a tensor with the batch axis exactly when `pixel_values` has it: `(T + n, feature)`
+    for one trajectory, `(B, T + n, feature)` for a batch (no feature axis when `feature` is empty)."""
+    if value is None:
+        return
+    axes = ("B, " if batched else "") + "T + n" + (f", {feature}" if feature else "")
+    frames = "(B, T, C, H, W)" if batched else "(T, C, H, W)"
+    got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+    if not isinstance(value, torch.Tensor) or value.dim() != ndim:
+        raise ValueError(f"`{name}` must be a torch.Tensor ({axes}) for `pixel_values` {frames}, got {got}.")
 
 
 class VeltrixWorldRolloutPipeline(Pipeline):
@@ -49,12 +65,12 @@ class VeltrixWorldRolloutPipeline(Pipeline):
     ) -> tuple[dict, dict, dict]:
         if output_type is not None and output_type not in TASK_OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {TASK_OUTPUT_TYPES}, got {output_type!r}.")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"`seed` must be an int, got {seed!r}.")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -(2**63) <= seed < 2**64):
+            raise ValueError(f"`seed` must be an int in [-2**63, 2**64) (torch.Generator.manual_seed), got {seed!r}.")
         preprocess = {"actions": actions, "timestamps": timestamps}
         forward = {"num_future_steps": num_future_steps, "num_inference_steps": num_inference_steps, "seed": seed}
         forward["output_type"] = output_type or "pil"
-        forward["output_modalities"] = output_modalities or ("frames",)
+        forward["output_modalities"] = ("frames",) if output_modalities is None else output_modalities
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     def preprocess(
@@ -65,6 +81,8 @@ class VeltrixWorldRolloutPipeline(Pipeline):
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(f"`pixel_values` must be a torch.Tensor (T, C, H, W) or (B, T, C, H, W), got {shape}.")
         batched = pixel_values.dim() == 5
+        check_trajectory_input("actions", actions, 3 if batched else 2, batched, "A")
+        check_trajectory_input("timestamps", timestamps, 2 if batched else 1, batched, "")
         if not batched:
             pixel_values = pixel_values.unsqueeze(0)
             actions = None if actions is None else actions.unsqueeze(0)
@@ -139,6 +157,19 @@ class VeltrixWorldConfig(PreTrainedConfig):
     model_type = "veltrix_world"
 
     custom_pipelines: dict | None = None
+    # Checks a local saved pipeline folder when this config is read from it (`from_dict`, which `AutoConfig` and so
+    # `pipeline("world-rollout", model=folder)` call with the folder as `name_or_path`), so that a damaged folder
+    # raises its `VeltrixRepositoryError` there: transformers' model loader would wrap it in a `ValueError`.
+    # `pipeline_veltrix` registers `VeltrixPipeline.check_folder`.
+    folder_check: ClassVar[Callable[[str], None] | None] = None
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "VeltrixWorldConfig":
+        """`PreTrainedConfig.from_dict`, after `folder_check` of the folder it was read from (when local)."""
+        folder = kwargs.get("name_or_path")
+        if cls.folder_check is not None and isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+            cls.folder_check(os.fspath(folder))
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         if self.custom_pipelines is not None:

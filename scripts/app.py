@@ -7,19 +7,32 @@ Pick a built-in world and a seed, or upload frames (images, in order: the first 
 further ones the ground truth of the future); choose the horizon and the evolution mode (`conditional`: the world's
 actions drive the future; `free`: no actions). The app shows ground truth | prediction | error as an animation and
 the error-vs-horizon plot against copy-last-frame and mean-of-context. `--model` (or `VELTRIX_MODEL`) is a pipeline
-folder or a Hub repository id.
+folder or a Hub repository id. The app serves on `--host`, by default `GRADIO_SERVER_NAME` (what a Space sets),
+else 127.0.0.1. Uploads are images only, at most 8 MB and 4 megapixels each (checked before decoding); each request's
+pictures go to a temporary folder of which only the newest few are kept, removed at exit.
 """
 
 import argparse
+import atexit
 import os
-import tempfile
+import signal
+import sys
+from collections.abc import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the app works offline and reports nothing
 
 import gradio as gr  # noqa: E402
 
 from modeling_veltrix import VeltrixPipeline  # noqa: E402
-from modeling_veltrix.evaluation.viewer import MODES, frames_from_images, view_rollout, world_trajectory  # noqa: E402
+from modeling_veltrix.evaluation.viewer import (  # noqa: E402
+    MAX_IMAGE_PIXELS,
+    MAX_UPLOAD_BYTES,
+    MODES,
+    OutputFolders,
+    frames_from_images,
+    view_rollout,
+    world_trajectory,
+)
 from modeling_veltrix.worlds import WORLDS  # noqa: E402
 
 SUMMARY_HORIZONS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -28,7 +41,11 @@ SUMMARY_HORIZONS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("VELTRIX_MODEL", "runs/demo/pipeline"))
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 inside a Space)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to serve on; defaults to GRADIO_SERVER_NAME (0.0.0.0 inside a Space), else 127.0.0.1",
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     return parser.parse_args()
 
@@ -44,8 +61,10 @@ def summary(pixel_mse: dict) -> str:
     return "\n".join(rows)
 
 
-def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
-    """The app's page around `pipeline`."""
+def make_roll_out(pipeline: VeltrixPipeline, outputs: OutputFolders) -> Callable:
+    """The app's request handler around `pipeline`: one rollout, written to a fresh folder of `outputs`, shown as
+    (GIF path, plot path, markdown table); a bad request (e.g. an upload that is not an image, too large or of too
+    many pixels) is shown to the user as a `gr.Error`."""
     image_size = pipeline.encoder.config.image_size
     channels = pipeline.encoder.config.num_channels
 
@@ -63,7 +82,7 @@ def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
                 context,
                 horizon,
                 mode,
-                tempfile.mkdtemp(prefix="veltrix-app-"),
+                outputs.new(),
                 actions=actions,
                 timestamps=timestamps,
                 num_inference_steps=euler_steps,
@@ -73,7 +92,16 @@ def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
             raise gr.Error(str(error)) from error
         return view.gif_path, view.plot_path, summary(view.pixel_mse)
 
-    with gr.Blocks(title="Veltrix world model") as app:
+    return roll_out
+
+
+def build_app(pipeline: VeltrixPipeline, outputs: OutputFolders) -> gr.Blocks:
+    """The app's page around `pipeline`, writing each request's pictures to a fresh folder of `outputs`; Gradio's
+    own cache (uploads, results) is emptied of files older than an hour, every ten minutes and at shutdown."""
+    image_size = pipeline.encoder.config.image_size
+    roll_out = make_roll_out(pipeline, outputs)
+
+    with gr.Blocks(title="Veltrix world model", delete_cache=(600, 3600)) as app:
         gr.Markdown(
             "# Veltrix: roll a latent world model out\n"
             f"The model sees `context` frames ({image_size}×{image_size}), evolves its world state `horizon` steps "
@@ -84,7 +112,12 @@ def build_app(pipeline: VeltrixPipeline) -> gr.Blocks:
                 source = gr.Radio(["built-in world", "uploaded frames"], value="built-in world", label="frames from")
                 world = gr.Dropdown(sorted(WORLDS), value=sorted(WORLDS)[0], label="world")
                 seed = gr.Number(value=0, precision=0, label="seed (the world's trajectory and the decoder's noise)")
-                uploads = gr.File(file_count="multiple", file_types=["image"], label="frames (images, in order)")
+                uploads = gr.File(
+                    file_count="multiple",
+                    file_types=["image"],
+                    label=f"frames (images, in order; at most {MAX_UPLOAD_BYTES // 2**20} MB and "
+                    f"{MAX_IMAGE_PIXELS // 10**6} megapixels each)",
+                )
                 context = gr.Slider(1, 32, value=8, step=1, label="context frames")
                 horizon = gr.Slider(1, 64, value=pipeline.config.default_num_future_steps, step=1, label="horizon")
                 mode = gr.Radio(list(MODES), value=MODES[0], label="mode (free: no actions)")
@@ -108,7 +141,10 @@ def main() -> None:
     args = parse_args()
     pipeline = VeltrixPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    build_app(pipeline).launch(server_name=args.host, server_port=args.port)
+    outputs = OutputFolders()
+    atexit.register(outputs.cleanup)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # a stopped Space or server cleans up too
+    build_app(pipeline, outputs).launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
 
 
 if __name__ == "__main__":

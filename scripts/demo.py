@@ -43,6 +43,8 @@ from modeling_veltrix.training import (
     VeltrixTrainingRecipe,
     assemble_pipeline,
     build_datasets,
+    check_preset,
+    check_stage_prerequisites,
     load_or_create_models,
     train_stages,
     world_action_dim,
@@ -124,13 +126,15 @@ def evaluate_modalities(pipeline, held_out, recipe: VeltrixTrainingRecipe) -> di
 def main() -> None:
     args = parse_args()
     started = time.time()
-    os.makedirs(args.output_dir, exist_ok=True)
+    check_preset(args.preset)
     recipe = scaled_recipe(args)
+    recipe.validate()  # also the fields changed by --world and --steps-scale
+    check_stage_prerequisites(STAGES, args.output_dir, skip_finished=True)
+    os.makedirs(args.output_dir, exist_ok=True)
     recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
-    torch.manual_seed(recipe.seed)
 
     train_dataset, held_out = build_datasets(recipe)
-    models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
+    models = load_or_create_models(args.preset, args.output_dir, world_action_dim(recipe), seed=recipe.seed)
     train_stages(STAGES, models, args.preset, train_dataset, recipe, args.output_dir, skip_finished=True)
 
     pipeline = assemble_pipeline(models, args.preset)

@@ -8,9 +8,10 @@
 `--weights` is a run folder written by `scripts/demo.py` (the trained encoder/, evolver/, decoder/ and the run's
 metrics.json, recipe.json, rollout.gif, error_vs_horizon.png). The repository holds the weights (safetensors), the
 configs, each component's self-contained code, the pipeline code, model_index.json, the root config.json of
-`transformers.pipeline` and the model card. `--dry-run DIR` writes exactly that folder to DIR, validates its card,
-reloads it and pushes nothing. Without it the folder is pushed in one commit; the token is huggingface_hub's
-business (`hf auth login` or `HF_TOKEN`), and `HF_ENDPOINT` picks another Hub.
+`transformers.pipeline` and the model card. `--dry-run DIR` writes exactly that folder to DIR (a new or empty folder:
+one that holds files is refused and left as it is), validates its card, reloads it and pushes nothing. Nothing
+uploaded names a local path (configs, card, commit message). Without it the folder is pushed in one commit; the
+token is huggingface_hub's business (`hf auth login` or `HF_TOKEN`), and `HF_ENDPOINT` picks another Hub.
 """
 
 import argparse
@@ -32,7 +33,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="the run folder with the trained components and results")
     parser.add_argument("--repo-id", required=True, help="namespace/name of the Hub repository")
     parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--dry-run", metavar="DIR", help="write the repository to DIR and reload it; push nothing")
+    parser.add_argument(
+        "--dry-run", metavar="DIR", help="write the repository to DIR (new or empty) and reload it; push nothing"
+    )
     parser.add_argument("--template", default=os.path.join(REPO_ROOT, "model_card.md"), help="model card template")
     return parser.parse_args()
 
@@ -51,6 +54,15 @@ def main() -> None:
     args = parse_args()
     if args.repo_id.count("/") != 1:
         raise SystemExit(f"--repo-id must be namespace/name, got {args.repo_id!r}.")
+    if (
+        args.dry_run
+        and os.path.exists(args.dry_run)
+        and not (os.path.isdir(args.dry_run) and not os.listdir(args.dry_run))
+    ):
+        raise SystemExit(
+            f"--dry-run must name a new or empty folder, got {args.dry_run!r}, which holds files; nothing was written "
+            "and nothing there is touched."
+        )
     bundle = VeltrixBundle.from_folder(args.bundle, REPO_ROOT)
     if args.dry_run:
         assemble_repository(bundle, args.weights, args.dry_run, args.repo_id, args.template)
@@ -63,9 +75,7 @@ def main() -> None:
         reload_check(folder, bundle)
         api = HfApi()
         url = api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=args.repo_id, folder_path=folder, commit_message=f"Upload {bundle.name} from {args.weights}"
-        )
+        commit = api.upload_folder(repo_id=args.repo_id, folder_path=folder, commit_message=f"Upload {bundle.name}")
     print(f"[push_to_hub] pushed {bundle.name} to {url} (commit {commit.oid})")
 
 

@@ -6,8 +6,16 @@
 Stages: `encoder` (encoder + frame readout, reconstruction), `evolver` (frozen encoder; teacher forcing + open-loop
 window), `decoder` (flow matching on frozen units), `reflow` (few-step fine-tune of the decoder on its own
 (noise, sample) pairs), `all` (the four in order). Each stage saves its model to `<output-dir>/<stage>`; an
-interrupted stage resumes from `<output-dir>/checkpoints/<stage>`. When encoder, evolver and decoder exist, the
-assembled `VeltrixPipeline` is saved to `<output-dir>/pipeline`.
+interrupted stage resumes from the last complete checkpoint in `<output-dir>/checkpoints/<stage>` (a damaged one is
+skipped with a warning), and `--stage all` run again skips the stages already saved. A stage that trains on another
+component needs it trained in `<output-dir>` (`evolver` and `decoder` need the encoder, `reflow` the encoder and the
+decoder). When encoder, evolver and decoder exist, the assembled `VeltrixPipeline` is saved to
+`<output-dir>/pipeline`.
+
+The recipe's `seed` seeds everything: each component is created, and each stage trains, under a seed derived from
+it and the component's or stage's name, so the same command gives the same weights, also after an interruption.
+The preset, the recipe and the stages' prerequisites are checked before anything is trained or written;
+`<output-dir>/recipe.json` is the checked recipe.
 """
 
 import argparse
@@ -19,6 +27,8 @@ from modeling_veltrix.training import (
     VeltrixTrainingRecipe,
     assemble_pipeline,
     build_datasets,
+    check_preset,
+    check_stage_prerequisites,
     load_or_create_models,
     train_stages,
     world_action_dim,
@@ -31,19 +41,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--stage", choices=(*STAGES, "all"), default="all")
     parser.add_argument("--recipe", default=None, help="recipe JSON overriding <preset>/recipe.json")
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints of the stage")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start the stages over: delete their existing checkpoints"
+    )
     return parser.parse_args()
 
 
 def main() -> None:
+    """Checks the preset, the recipe, the output folder and the stages' prerequisites, then writes the recipe and
+    trains."""
     args = parse_args()
+    check_preset(args.preset)
     recipe = VeltrixTrainingRecipe.from_json_file(args.recipe or os.path.join(args.preset, "recipe.json"))
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"`--output-dir` must be a folder, got {args.output_dir!r}, which is a file.")
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    skip_finished = args.stage == "all" and not args.no_resume
+    check_stage_prerequisites(stages, args.output_dir, skip_finished)
+    models = load_or_create_models(args.preset, args.output_dir, world_action_dim(recipe), seed=recipe.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
     train_dataset, _ = build_datasets(recipe)
-    models = load_or_create_models(args.preset, args.output_dir, action_dim=world_action_dim(recipe))
-    stages = STAGES if args.stage == "all" else (args.stage,)
-    train_stages(stages, models, args.preset, train_dataset, recipe, args.output_dir, resume=not args.no_resume)
+    train_stages(
+        stages, models, args.preset, train_dataset, recipe, args.output_dir, skip_finished, resume=not args.no_resume
+    )
     if all(os.path.isdir(os.path.join(args.output_dir, component)) for component in COMPONENTS):
         assemble_pipeline(models, args.preset).save_pretrained(os.path.join(args.output_dir, "pipeline"))
         print(f"[veltrix] pipeline saved to {os.path.join(args.output_dir, 'pipeline')}")

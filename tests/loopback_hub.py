@@ -80,7 +80,9 @@ class LoopbackHub:
                 elif key == "deletedFolder":
                     prefix = value["path"].rstrip("/") + "/"
                     repo["files"] = {p: c for p, c in repo["files"].items() if not p.startswith(prefix)}
-                elif key != "header":
+                elif key == "header":
+                    repo.setdefault("commit_messages", []).append(value.get("summary", ""))
+                else:
                     raise ValueError(f"unsupported commit operation {key!r}")
             digest = hashlib.sha1(repo["sha"].encode())
             for path in sorted(repo["files"]):

@@ -80,3 +80,68 @@ def test_recipe_validation():
         VeltrixTrainingRecipe(trajectory_length=10, context_length=8, rollout_window=8)
     with pytest.raises(ValueError, match="max_steps"):
         VeltrixTrainingRecipe(encoder={"max_steps": 0})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"encoder": {"max_steps": "10"}}, r"`encoder\.max_steps` must be an integer >= 1, got '10' \(str\)"),
+        (
+            {"evolver": {"learning_rate": float("nan")}},
+            r"`evolver\.learning_rate` must be a finite number > 0, got nan",
+        ),
+        ({"decoder": {"learning_rate": float("inf")}}, r"`decoder\.learning_rate` must be a finite number"),
+        ({"reflow": {"batch_size": 2.0}}, r"`reflow\.batch_size` must be an integer"),
+        ({"encoder": {"warmup_steps": -1}}, r"`encoder\.warmup_steps` must be an integer >= 0, got -1"),
+        ({"encoder": {"weight_decay": -0.1}}, r"`encoder\.weight_decay` must be a finite number >= 0"),
+        ({"evolver": {"save_steps": True}}, r"`evolver\.save_steps` must be an integer >= 1, got True \(bool\)"),
+        ({"evolver": {"lr": 1e-3}}, r"`evolver` has unknown fields \['lr'\]"),
+        ({"decoder": 5}, r"`decoder` must be a JSON object"),
+        ({"decoder_time_sampling": "logitnormal"}, r"`decoder_time_sampling` must be one of .*'logit_normal'"),
+        ({"decoder_loss_weighting": "sigma"}, r"`decoder_loss_weighting` must be one of .*'sigma_sqrt'"),
+        ({"reflow_time_sampling": "beta"}, r"`reflow_time_sampling` must be one of"),
+        ({"world": "fluid"}, r"`world` must be one of \('bouncing_balls', 'pendulum'\), got 'fluid'"),
+        ({"world_options": {"num_ballz": 2}}, r"`world_options`.*num_ballz"),
+        ({"world_options": []}, r"`world_options` must be a JSON object"),
+        ({"seed": -1}, r"`seed` must be an integer >= 0 and < 4294967296, got -1"),
+        ({"seed": 2**32}, r"`seed` must be an integer >= 0 and < 4294967296"),
+        ({"train_seed": 1.5}, r"`train_seed` must be an integer"),
+        ({"num_train_trajectories": 0}, r"`num_train_trajectories` must be an integer >= 1, got 0"),
+        ({"pixel_loss_weight": float("nan")}, r"`pixel_loss_weight` must be a finite number >= 0, got nan"),
+        ({"latent_loss_weight": "1"}, r"`latent_loss_weight` must be a finite number >= 0, got '1' \(str\)"),
+        ({"open_loop_weight": -1.0}, r"`open_loop_weight` must be a finite number >= 0"),
+        ({"stability_perturbation": float("inf")}, r"`stability_perturbation` must be a finite number > 0"),
+        ({"reflow_teacher_steps": 0}, r"`reflow_teacher_steps` must be an integer >= 1"),
+        ({"decoder_frames_per_trajectory": 40}, r"`decoder_frames_per_trajectory` must be in \[1, 32\], got 40"),
+        ({"context_length": 0}, r"`context_length` must be an integer >= 1, got 0"),
+    ],
+)
+def test_recipe_fields_are_checked_on_creation(tmp_path, overrides, named):
+    """Bad types, non-finite numbers, values out of range and unknown choices each raise a `ValueError` naming the
+    field, what it must be and what came; from a file, the message names the file too."""
+    with pytest.raises(ValueError, match=named):
+        VeltrixTrainingRecipe(**overrides)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({**json.loads((PRESETS[0] / "recipe.json").read_text()), **overrides}))
+    with pytest.raises(ValueError, match=rf"{path}: .*{named}"):
+        VeltrixTrainingRecipe.from_json_file(str(path))
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "recipe.json"
+    with pytest.raises(ValueError, match=rf"{path} does not exist"):
+        VeltrixTrainingRecipe.from_json_file(str(path))
+    path.write_text('{"seed": 0,')
+    with pytest.raises(ValueError, match=rf"{path} is not valid JSON"):
+        VeltrixTrainingRecipe.from_json_file(str(path))
+    path.write_text('{"seed": 0, "learning_rate": 0.1}')
+    with pytest.raises(ValueError, match=rf"{path} has unknown fields \['learning_rate'\]"):
+        VeltrixTrainingRecipe.from_json_file(str(path))
+
+
+def test_a_recipe_changed_after_creation_is_checked_before_it_is_written(tmp_path):
+    recipe = VeltrixTrainingRecipe()
+    recipe.evolver.learning_rate = float("nan")
+    with pytest.raises(ValueError, match=r"`evolver\.learning_rate`"):
+        recipe.to_json_file(str(tmp_path / "recipe.json"))
+    assert not list(tmp_path.iterdir())

@@ -340,3 +340,30 @@ def test_midpoint_rollout_halves_every_interval():
     ).abs().max() > 1e-6
     still = VeltrixEvolverModel(tiny_evolver_config()).double()
     torch.testing.assert_close(midpoint_rollout(still, units[:, :4], 3), units[:, 3:4].expand(-1, 3, -1, -1))
+
+
+def test_the_rollout_clock_is_float64_so_long_clocks_stay_exact():
+    """Times are subtracted in float64: a rollout 1e7 s into a clock equals the one at 0 s, while float32 timestamps
+    there cannot hold a 0.1 s step and are refused by name (not turned into 0-second steps and NaN)."""
+    torch.manual_seed(0)
+    evolver = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval()
+    context = torch.rand(2, 3, 16, 8) * 2 - 1
+    clock = (torch.arange(7, dtype=torch.float64) * evolver.config.dt_reference).expand(2, 7)
+    at_zero = evolver.rollout(context, 4, timestamps=clock)
+    late = evolver.rollout(context, 4, timestamps=clock + 1e7)
+    torch.testing.assert_close(late.units, at_zero.units, rtol=0, atol=0)
+    assert late.timestamps.dtype == torch.float64
+    default = evolver.rollout(context, 4)  # the default grid is made in float64, returned in the context's dtype
+    torch.testing.assert_close(default.units, at_zero.units, rtol=0, atol=0)
+    assert default.timestamps.dtype == torch.float32
+    with pytest.raises(ValueError, match="`timestamps` must be strictly increasing"):
+        evolver.rollout(context, 4, timestamps=(clock + 1e7).float())
+
+
+def test_a_rollout_stops_at_the_first_non_finite_state_and_names_its_step():
+    torch.manual_seed(0)
+    evolver = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval()
+    context = torch.rand(2, 3, 16, 8) * 2 - 1
+    huge = VeltrixIntervention(step=1, state_delta=torch.full((2, 16, 8), 3e38))  # finite, but the next step is not
+    with pytest.raises(ValueError, match="future step 2 is not finite"):
+        evolver.rollout(context, 4, interventions=huge)

@@ -152,6 +152,31 @@ def test_push_sends_exactly_the_dry_run_folder(dry_run, pushed):
     assert pushed.repos[REPO_ID]["files"] == files_of(dry_run[0])
 
 
+def test_nothing_uploaded_names_a_local_path(dry_run, pushed, run_dir):
+    """No file of the repository (configs' `_name_or_path`, card snippets, run records) and no commit message names
+    the run folder, the dry-run folder or this checkout."""
+    local = [str(run_dir), str(dry_run[0]), str(REPO)]
+    for path, content in files_of(dry_run[0]).items():
+        text = content.decode("utf-8", errors="ignore")
+        assert not [place for place in local if place in text], f"{path} names {[p for p in local if p in text]}"
+        assert not (path.endswith(".json") and "_name_or_path" in json.loads(text)), path
+    messages = pushed.repos[REPO_ID]["commit_messages"]
+    assert messages and not [m for m in messages for place in local if place in m], messages
+
+
+def test_dry_run_refuses_a_folder_that_holds_files(run_dir, tmp_path):
+    """`--dry-run` into a folder with someone's files, or into the run folder itself, is refused, and nothing there
+    changes."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    for target in (taken, run_dir):
+        before = files_of(target)
+        result = push_to_hub(run_dir, ["--dry-run", str(target)], {"HF_HUB_OFFLINE": "1"})
+        assert result.returncode != 0 and "new or empty folder" in result.stderr, result.stderr[-2000:]
+        assert files_of(target) == before
+
+
 def test_every_loader_reads_the_repository_by_id(dry_run, pushed, tmp_path):
     """Through the Hugging Face cache: online, then offline from the cached snapshot; anonymous users see nothing
     of the private repository."""

@@ -205,3 +205,44 @@ def test_counterfactual_rollout_renders_both_branches_from_the_same_noise(tiny_p
 def test_bad_evolution_mode_arguments(tiny_pipeline, kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         call(tiny_pipeline, output_type="latent", **kwargs)
+
+
+def test_a_list_of_generators_draws_each_trajectorys_noise(tiny_pipeline):
+    def generators():
+        return [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+
+    latents = tiny_pipeline.prepare_latents(6, torch.float32, torch.device("cpu"), generators())
+    expected = torch.cat([torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g) for g in generators()])
+    torch.testing.assert_close(latents, expected, rtol=0, atol=0)
+    first = call(tiny_pipeline, generator=generators(), output_type="pt").frames
+    assert torch.equal(first, call(tiny_pipeline, generator=generators(), output_type="pt").frames)
+
+
+def test_the_pipeline_converts_float64_inputs_explicitly(tiny_pipeline):
+    """The pipeline is the one place that converts (input_validation's dtype policy): float64 frames and actions go to
+    the components' float32, timestamps to the float64 clock, and come back in the dtype they came in."""
+    actions = torch.randn(2, 6, 2)
+    timestamps = torch.cumsum(torch.rand(2, 6) * 0.1 + 0.05, dim=1)
+    single = call(tiny_pipeline, actions=actions, timestamps=timestamps, output_type="latent")
+    double = tiny_pipeline(
+        random_frames().double(),
+        actions=actions.double(),
+        timestamps=timestamps.double(),
+        num_future_steps=3,
+        output_type="latent",
+    )
+    torch.testing.assert_close(double.units, single.units, rtol=0, atol=0)
+    assert double.timestamps.dtype == torch.float64 and single.timestamps.dtype == torch.float32
+
+
+def test_the_rollout_checks_each_new_state_once_per_evolver_step_and_nothing_per_euler_step(tiny_pipeline, monkeypatch):
+    """The one output check of a call: each evolved state is checked for NaN / inf (`Tensor.isfinite`, apart from the
+    input checks' `torch.isfinite` counted above), once per future step, whatever the number of Euler steps."""
+    checked, isfinite = [], torch.Tensor.isfinite
+    monkeypatch.setattr(
+        torch.Tensor, "isfinite", lambda tensor: checked.append(tuple(tensor.shape)) or isfinite(tensor)
+    )
+    for num_inference_steps in (1, 4):
+        checked.clear()
+        call(tiny_pipeline, num_future_steps=5, num_inference_steps=num_inference_steps, output_type="pt")
+        assert checked == [(2, 16, 8)] * 5

@@ -4,9 +4,15 @@ mean-of-context baselines.
 
 Evolution modes are those the pipeline offers: `"conditional"` (the trajectory's actions drive the future) and
 `"free"` (no actions: the evolver's null condition drives it).
+
+Uploaded frames are checked before they are decoded: images only (`IMAGE_FORMATS`), at most `MAX_UPLOAD_BYTES` per
+file, `MAX_IMAGE_PIXELS` pixels per image and `MAX_UPLOAD_FILES` files. `OutputFolders` gives each request its own
+output folder and keeps only the newest few.
 """
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +25,11 @@ from .rollouts import per_horizon_mse
 from .visualization import save_error_plot, save_prediction_gif, save_rollout_gif
 
 MODES = ("conditional", "free")
+# Limits on uploaded frames (the app's `max_file_size` too): frames are resized to the model's few dozen pixels.
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+MAX_IMAGE_PIXELS = 2048 * 2048
+MAX_UPLOAD_FILES = 128
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
 
 @dataclass
@@ -38,17 +49,71 @@ def world_trajectory(world: str, seed: int, num_steps: int, image_size: int) -> 
     return {key: torch.from_numpy(sample[key][0]) for key in ("pixel_values", "actions", "timestamps")}
 
 
+def check_image_upload(path: str) -> PIL.Image.Image:
+    """Opens the uploaded image file `path` lazily (header only) and returns it, or raises `ValueError` naming the
+    file when it is larger than `MAX_UPLOAD_BYTES`, not an image of `IMAGE_FORMATS`, or of more than
+    `MAX_IMAGE_PIXELS` pixels: checked before any pixel is decoded, so a huge image costs no memory."""
+    size = os.path.getsize(path)
+    if size > MAX_UPLOAD_BYTES:
+        raise ValueError(f"{os.path.basename(path)}: an upload may have at most {MAX_UPLOAD_BYTES} bytes, got {size}.")
+    try:
+        image = PIL.Image.open(path)
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{os.path.basename(path)}: uploads must be images ({', '.join(IMAGE_FORMATS)}).") from error
+    if image.format not in IMAGE_FORMATS:
+        image.close()
+        raise ValueError(
+            f"{os.path.basename(path)}: uploads must be images of {IMAGE_FORMATS}, got the format {image.format}."
+        )
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ValueError(
+            f"{os.path.basename(path)}: an image may have at most {MAX_IMAGE_PIXELS} pixels, got {image.width}x"
+            f"{image.height} = {image.width * image.height}."
+        )
+    return image
+
+
 def frames_from_images(paths: list[str], image_size: int, num_channels: int = 3) -> torch.Tensor:
-    """Image files, in order, as frames (T, C, H, W) in [-1, 1], resized to `image_size` squares."""
+    """Image files, in order, as frames (T, C, H, W) in [-1, 1], resized to `image_size` squares. Each file is checked
+    first (`check_image_upload`: size, format, pixel count), and at most `MAX_UPLOAD_FILES` are read."""
     if not paths:
         raise ValueError("`paths` must name at least one image file, got none.")
+    if len(paths) > MAX_UPLOAD_FILES:
+        raise ValueError(f"`paths` may name at most {MAX_UPLOAD_FILES} image files, got {len(paths)}.")
     mode = {1: "L", 3: "RGB"}[num_channels]
-    arrays = [
-        np.asarray(PIL.Image.open(path).convert(mode).resize((image_size, image_size)), dtype=np.float32)
-        for path in paths
-    ]
+    arrays = []
+    for path in paths:
+        with check_image_upload(path) as image:
+            image.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced scale where it can
+            arrays.append(np.asarray(image.convert(mode).resize((image_size, image_size)), dtype=np.float32))
     frames = torch.from_numpy(np.stack(arrays)).reshape(len(paths), image_size, image_size, num_channels)
     return frames.permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+class OutputFolders:
+    """Fresh output folders for the app's requests under one temporary root, keeping only the `keep` newest (the
+    browser has fetched older ones: Gradio copies results into its own cache); `cleanup` removes the root."""
+
+    def __init__(self, keep: int = 8):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"`keep` must be an int >= 1, got {keep!r}.")
+        self.keep = keep
+        self.root = tempfile.mkdtemp(prefix="veltrix-app-")
+        self._folders: list[str] = []
+
+    def new(self) -> str:
+        """A new empty folder; the oldest beyond `keep` are deleted."""
+        folder = tempfile.mkdtemp(dir=self.root)
+        self._folders.append(folder)
+        while len(self._folders) > self.keep:
+            shutil.rmtree(self._folders.pop(0), ignore_errors=True)
+        return folder
+
+    def cleanup(self) -> None:
+        """Removes the root and everything under it."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._folders.clear()
 
 
 def view_rollout(

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 
 from ..pipeline_veltrix import VeltrixPipeline
-from ..repository_check import check_repository
+from ..repository_check import check_repository, write_folder_atomically
 from ..training import COMPONENTS, VeltrixTrainingRecipe, assemble_pipeline, load_or_create_models
 from ..worlds import world_metadata
 from .model_card import MEDIA, render_model_card, save_model_card, validate_model_card
@@ -80,13 +80,18 @@ class VeltrixBundle:
 
 def assemble_repository(bundle: VeltrixBundle, weights_dir: str, output_dir: str, repo_id: str, template: str) -> None:
     """Writes the complete Hub repository of `bundle`, trained in the run folder `weights_dir` (as `scripts/demo.py`
-    writes it), to `output_dir` through a temporary folder renamed into place: the saved pipeline (weights, configs,
-    code), the run's `metrics.json`, `recipe.json`, `rollout.gif` and `error_vs_horizon.png`, and the model card
-    `README.md` (rendered from `template`, its snippets loading `repo_id`), which is validated.
+    writes it), to `output_dir`, a new or empty folder, through a temporary folder renamed into place: the saved
+    pipeline (weights, configs, code), the run's `metrics.json`, `recipe.json`, `rollout.gif` and
+    `error_vs_horizon.png`, and the model card `README.md` (rendered from `template`, its snippets loading
+    `repo_id`), which is validated.
 
-    Raises `ValueError` when the run lacks a trained component or one of those files, or was trained on another
-    world than the bundle's.
+    Raises `ValueError` when `output_dir` holds anything (nothing is ever deleted to make room), when the run lacks a
+    trained component or one of those files, or was trained on another world than the bundle's.
     """
+    if os.path.exists(output_dir) and not (os.path.isdir(output_dir) and not os.listdir(output_dir)):
+        raise ValueError(
+            f"`output_dir` must be a new or empty folder, got {output_dir}, which holds files: it is never replaced."
+        )
     missing = [c for c in COMPONENTS if not os.path.isdir(os.path.join(weights_dir, c))]
     missing += [f for f in RUN_FILES if not os.path.isfile(os.path.join(weights_dir, f))]
     if missing:
@@ -99,18 +104,18 @@ def assemble_repository(bundle: VeltrixBundle, weights_dir: str, output_dir: str
             f"The bundle {bundle.name} is for the world {bundle.world!r}, {weights_dir} trained {recipe.world!r}."
         )
     pipeline = bundle.build_pipeline(weights_dir)
-    staging = f"{os.path.normpath(output_dir)}.assembling"
-    shutil.rmtree(staging, ignore_errors=True)
-    pipeline.save_pretrained(staging)
-    for name in RUN_FILES:
-        shutil.copyfile(os.path.join(weights_dir, name), os.path.join(staging, name))
     with open(os.path.join(weights_dir, "metrics.json"), encoding="utf-8") as handle:
         metrics = json.load(handle)
     with open(os.path.join(weights_dir, "recipe.json"), encoding="utf-8") as handle:
         recipe_dict = json.load(handle)
     card = render_model_card(template, pipeline, metrics, recipe_dict, bundle.name, repo_id, bundle.card)
-    save_model_card(card, staging)
-    validate_model_card(staging)
-    check_repository(staging)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(staging, output_dir)
+
+    def write(staging: str) -> None:
+        pipeline.save_pretrained(staging)
+        for name in RUN_FILES:
+            shutil.copyfile(os.path.join(weights_dir, name), os.path.join(staging, name))
+        save_model_card(card, staging)
+        validate_model_card(staging)
+        check_repository(staging)
+
+    write_folder_atomically(write, output_dir)

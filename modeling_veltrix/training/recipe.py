@@ -1,9 +1,16 @@
 """The training recipe: data, windows, loss weights and the optimisation of each stage, saved next to every run."""
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import numbers
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
 
+from ..modeling_veltrix_decoder import FLOW_TIME_SAMPLINGS, LOSS_WEIGHTINGS
 from ..repository_check import write_json_atomic
+from ..worlds import get_world
+from ..worlds.dataset import WORLDS
 
 STAGES = ("encoder", "evolver", "decoder", "reflow")
 COMPONENTS = ("encoder", "evolver", "decoder")
@@ -11,9 +18,106 @@ COMPONENTS = ("encoder", "evolver", "decoder")
 STAGE_COMPONENT = {"encoder": "encoder", "evolver": "evolver", "decoder": "decoder", "reflow": "decoder"}
 
 
+SEED_LIMIT = 2**32  # numpy's seeds (seeded by `transformers.set_seed`) must be below 2**32
+
+
+class _Rule(NamedTuple):
+    """What a recipe field must hold: its type (`int`: any integer, `float`: any finite real, `str`, `dict`), a
+    lower bound (`exclusive`: the bound itself is refused), an exclusive upper bound, or the allowed choices."""
+
+    kind: type
+    minimum: float | None = None
+    exclusive: bool = False
+    below: float | None = None
+    choices: tuple | None = None
+
+
+STAGE_RULES = {
+    "max_steps": _Rule(int, 1),
+    "learning_rate": _Rule(float, 0, exclusive=True),
+    "batch_size": _Rule(int, 1),
+    "weight_decay": _Rule(float, 0),
+    "warmup_steps": _Rule(int, 0),
+    "save_steps": _Rule(int, 1),
+}
+_WEIGHT = _Rule(float, 0)
+RECIPE_RULES = {
+    "world": _Rule(str, choices=tuple(sorted(WORLDS))),
+    "world_options": _Rule(dict),
+    "num_train_trajectories": _Rule(int, 1),
+    "num_eval_trajectories": _Rule(int, 1),
+    "trajectory_length": _Rule(int, 2),
+    "train_seed": _Rule(int, 0, below=SEED_LIMIT),
+    "eval_seed": _Rule(int, 0, below=SEED_LIMIT),
+    "context_length": _Rule(int, 1),
+    "rollout_window": _Rule(int, 1),
+    "latent_loss_weight": _WEIGHT,
+    "pixel_loss_weight": _WEIGHT,
+    "teacher_forcing_weight": _WEIGHT,
+    "open_loop_weight": _WEIGHT,
+    "stability_weight": _WEIGHT,
+    "stability_perturbation": _Rule(float, 0, exclusive=True),
+    "time_consistency_weight": _WEIGHT,
+    "caption_loss_weight": _WEIGHT,
+    "decoder_frames_per_trajectory": _Rule(int, 1),
+    "decoder_time_sampling": _Rule(str, choices=FLOW_TIME_SAMPLINGS),
+    "decoder_loss_weighting": _Rule(str, choices=LOSS_WEIGHTINGS),
+    "reflow_num_pairs": _Rule(int, 1),
+    "reflow_teacher_steps": _Rule(int, 1),
+    "reflow_time_sampling": _Rule(str, choices=FLOW_TIME_SAMPLINGS),
+    "seed": _Rule(int, 0, below=SEED_LIMIT),
+}
+
+
+def _expected(rule: _Rule) -> str:
+    """The rule in words, for an error message."""
+    if rule.choices is not None:
+        return f"one of {rule.choices}"
+    words = {int: "an integer", float: "a finite number", str: "a string", dict: "a JSON object (dict)"}[rule.kind]
+    if rule.minimum is not None:
+        words += f" {'>' if rule.exclusive else '>='} {rule.minimum}"
+    if rule.below is not None:
+        words += f" and < {rule.below}"
+    return words
+
+
+def _complies(value: Any, rule: _Rule) -> bool:
+    """Whether `value` has the rule's type (a bool is no number; a float must be finite) and lies in its range."""
+    if rule.choices is not None:
+        return isinstance(value, str) and value in rule.choices
+    numeric = rule.kind in (int, float)
+    if isinstance(value, bool) and numeric:
+        return False
+    if not isinstance(value, {int: numbers.Integral, float: numbers.Real}.get(rule.kind, rule.kind)):
+        return False
+    if not numeric:
+        return True
+    if not math.isfinite(value):
+        return False
+    if rule.minimum is not None and (value <= rule.minimum if rule.exclusive else value < rule.minimum):
+        return False
+    return rule.below is None or value < rule.below
+
+
+def check_fields(values: dict[str, Any], rules: dict[str, _Rule], prefix: str = "") -> None:
+    """Raises a `ValueError` naming the first field of `values` that breaks its rule: what was expected and what
+    came (value and type)."""
+    for name, rule in rules.items():
+        value = values[name]
+        if not _complies(value, rule):
+            raise ValueError(f"`{prefix}{name}` must be {_expected(rule)}, got {value!r} ({type(value).__name__}).")
+
+
+def _check_known(values: dict[str, Any], known: set[str], what: str) -> None:
+    """Raises a `ValueError` naming the fields of `values` that `what` does not have."""
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{what} has unknown fields {unknown}; the known fields are {sorted(known)}.")
+
+
 @dataclass
 class VeltrixStageRecipe:
-    """Optimisation of one training stage."""
+    """Optimisation of one training stage. Every field is checked on creation (`validate`)."""
 
     max_steps: int = 300
     learning_rate: float = 1e-3
@@ -23,9 +127,20 @@ class VeltrixStageRecipe:
     save_steps: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "learning_rate", "batch_size", "save_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        self.validate()
+
+    def validate(self, prefix: str = "") -> None:
+        """Raises a `ValueError` naming `<prefix><field>` when a field has the wrong type or lies out of range."""
+        check_fields(asdict(self), STAGE_RULES, prefix)
+
+    @classmethod
+    def from_dict(cls, values: Any, name: str) -> "VeltrixStageRecipe":
+        """The stage recipe `name` of a recipe file: a dict of known fields, each checked and named `<name>.<field>`."""
+        if not isinstance(values, dict):
+            raise ValueError(f"`{name}` must be a JSON object of {sorted(STAGE_RULES)}, got {values!r}.")
+        _check_known(values, set(STAGE_RULES), f"`{name}`")
+        check_fields({**asdict(cls()), **values}, STAGE_RULES, f"{name}.")
+        return cls(**values)
 
 
 @dataclass
@@ -42,6 +157,11 @@ class VeltrixTrainingRecipe:
     (default 0: off) weighs the frozen caption head's cross-entropy on the predicted states' text subspace against the
     true captions, the text counterpart of the pixel loss. On the speaking preset, weight 1 did not make evolved
     states caption future events (0 of the eventful held-out steps, as without it) and made frames worse.
+
+    `seed` seeds the run: each created component is initialised, and each stage trains, under
+    `training.checkpoints.derive_seed(seed, name)` (`train_seed` and `eval_seed` seed the world's trajectories).
+    Every field is checked on creation (`validate`); a bad type, a non-finite or out-of-range number or an unknown
+    choice raises a `ValueError` naming the field.
     """
 
     world: str = "bouncing_balls"
@@ -74,36 +194,65 @@ class VeltrixTrainingRecipe:
     reflow: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.world_options, dict):
-            raise ValueError(f"`world_options` must be a dict of world config overrides, got {self.world_options!r}.")
         for name in STAGES:
             value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, VeltrixStageRecipe(**value))
+            if not isinstance(value, VeltrixStageRecipe):
+                setattr(self, name, VeltrixStageRecipe.from_dict(value, name))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises a `ValueError` naming the field when any field has the wrong type (a number given as a string, a
+        bool as a number), is not finite, lies out of range or is not one of the known choices (`world`,
+        `decoder_time_sampling`, `decoder_loss_weighting`, `reflow_time_sampling`), or when fields disagree. Runs on
+        creation; `to_json_file` and `train_stages` run it again for recipes changed since."""
+        values = {name: getattr(self, name) for name in RECIPE_RULES}
+        check_fields(values, RECIPE_RULES)
+        for name in STAGES:
+            stage = getattr(self, name)
+            if not isinstance(stage, VeltrixStageRecipe):
+                raise ValueError(f"`{name}` must be a VeltrixStageRecipe, got {type(stage).__name__}.")
+            stage.validate(f"{name}.")
         if self.context_length + self.rollout_window > self.trajectory_length:
             raise ValueError(
                 f"`context_length + rollout_window` ({self.context_length + self.rollout_window}) must be <= "
                 f"`trajectory_length` ({self.trajectory_length})."
             )
-        if self.context_length < 1 or self.rollout_window < 1:
-            raise ValueError(
-                f"`context_length` and `rollout_window` must be >= 1, got {self.context_length}, {self.rollout_window}."
-            )
-        if not 1 <= self.decoder_frames_per_trajectory <= self.trajectory_length:
+        if self.decoder_frames_per_trajectory > self.trajectory_length:
             raise ValueError(
                 f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "
                 f"got {self.decoder_frames_per_trajectory}."
             )
-        for name in ("stability_weight", "time_consistency_weight", "caption_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
-        if self.stability_perturbation <= 0:
-            raise ValueError(f"`stability_perturbation` must be > 0, got {self.stability_perturbation}.")
+        self._check_world_options()
+
+    def _check_world_options(self) -> None:
+        """`world_options` must be fields of the world's config with valid values (the world checks them)."""
+        try:
+            get_world(self.world, **self.world_options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"`world_options` {self.world_options!r} do not fit world {self.world!r}: {error}"
+            ) from None
 
     @classmethod
     def from_json_file(cls, path: str) -> "VeltrixTrainingRecipe":
-        with open(path, encoding="utf-8") as handle:
-            return cls(**json.load(handle))
+        """Reads and checks a recipe file; a missing or unreadable file, a field this version does not know or a
+        bad value raises a `ValueError` naming the file and the field."""
+        if not os.path.isfile(path):
+            raise ValueError(f"Recipe file {path} does not exist.")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"Recipe file {path} is not valid JSON: {error}.") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"Recipe file {path} must hold a JSON object, got {type(values).__name__}.")
+        _check_known(values, {item.name for item in fields(cls)}, f"Recipe file {path}")
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"Recipe file {path}: {error}") from None
 
     def to_json_file(self, path: str) -> None:
+        """Checks the recipe (`validate`), then writes it as JSON atomically: a bad recipe writes nothing."""
+        self.validate()
         write_json_atomic(path, asdict(self))

@@ -1,21 +1,24 @@
 """Runs the stages: builds the world datasets, creates or loads the models, trains each stage with `Trainer` and
 assembles the trained pipeline."""
 
+import logging
 import os
+import shutil
+from collections.abc import Callable
 
 import datasets
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainingArguments
 
 from ..configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
 from ..modeling_veltrix_decoder import VeltrixDecoderModel
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
 from ..modeling_veltrix_evolver import VeltrixEvolverModel
 from ..pipeline_veltrix import VeltrixPipeline
-from ..repository_check import write_folder_atomically
+from ..repository_check import check_component_config, write_folder_atomically
 from ..worlds import build_world_dataset, world_metadata
+from .checkpoints import VeltrixTrainer, last_valid_checkpoint, seed_everything
 from .recipe import STAGE_COMPONENT, STAGES, VeltrixStageRecipe, VeltrixTrainingRecipe
 from .stages import (
     VeltrixDecoderStage,
@@ -25,10 +28,12 @@ from .stages import (
     build_reflow_pairs,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def world_action_dim(recipe: VeltrixTrainingRecipe) -> int:
-    """Width of the actions of the recipe's world."""
-    return world_metadata(recipe.world).action_dim
+    """Width of the actions of the recipe's world (with its `world_options`)."""
+    return world_metadata(recipe.world, **recipe.world_options).action_dim
 
 
 def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -39,35 +44,98 @@ def build_datasets(recipe: VeltrixTrainingRecipe) -> tuple[datasets.Dataset, dat
     return train.with_format("torch"), held_out.with_format("torch")
 
 
+# The file each preset component needs, and the class that must load it.
+PRESET_FILES = {
+    "encoder": ("config.json", VeltrixEncoderModel),
+    "evolver": ("config.json", VeltrixEvolverModel),
+    "decoder": ("config.json", VeltrixDecoderModel),
+    "scheduler": ("scheduler_config.json", FlowMatchEulerDiscreteScheduler),
+}
+# The components a stage trains on, which must be trained before it.
+STAGE_REQUIRES = {"encoder": (), "evolver": ("encoder",), "decoder": ("encoder",), "reflow": ("encoder", "decoder")}
+
+
+def check_preset(preset_dir: str) -> None:
+    """Raises a `ValueError` naming the file unless the preset folder holds every component's config
+    (`encoder/config.json`, `evolver/config.json`, `decoder/config.json`, `scheduler/scheduler_config.json`), each
+    valid JSON with only fields this version knows."""
+    if not os.path.isdir(preset_dir):
+        raise ValueError(f"`preset` must be a preset folder, got {preset_dir!r}, which is not a folder.")
+    for component, (file, cls) in PRESET_FILES.items():
+        path = os.path.join(preset_dir, component, file)
+        if not os.path.isfile(path):
+            raise ValueError(f"Preset {preset_dir} lacks {path}: the {component} config is required.")
+        try:
+            if component == "scheduler":
+                cls.load_config(os.path.dirname(path))
+            else:
+                check_component_config(preset_dir, component, cls)
+        except (OSError, ValueError) as error:  # VeltrixRepositoryError is an OSError
+            raise ValueError(f"Preset {preset_dir}: {path} cannot be loaded: {error}") from None
+
+
+def trained_component(output_dir: str, component: str) -> str | None:
+    """The folder of `component` trained already in `output_dir` (for the decoder: its reflow fine-tune first), or
+    None."""
+    for name in ("reflow", "decoder") if component == "decoder" else (component,):
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def check_stage_prerequisites(stages: tuple[str, ...], output_dir: str, skip_finished: bool = False) -> None:
+    """Raises a `ValueError` when a stage of `stages` would train on a component that is neither trained in
+    `output_dir` nor trained by an earlier stage of `stages` (e.g. `evolver` needs a trained encoder), saying which
+    stage to run first."""
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"`stages` must be a non-empty sequence of {STAGES}, got {stages!r}.")
+    ready = {component for component in ("encoder", "evolver", "decoder") if trained_component(output_dir, component)}
+    for stage in stages:
+        if skip_finished and os.path.isdir(os.path.join(output_dir, stage)):
+            continue
+        for component in STAGE_REQUIRES[stage]:
+            if component not in ready:
+                raise ValueError(
+                    f"Stage `{stage}` needs a trained {component}, and {os.path.join(output_dir, component)} does "
+                    f"not exist: train it first with `--stage {component}` (or run `--stage all`)."
+                )
+        ready.add(STAGE_COMPONENT[stage])
+
+
 def load_or_create_models(
-    model_dir: str, output_dir: str, action_dim: int | None = None
+    model_dir: str, output_dir: str, action_dim: int | None = None, seed: int | None = None
 ) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel]:
     """Loads each component trained already in `output_dir`, else creates it from the preset folder `model_dir`
-    (`<model_dir>/{encoder,evolver,decoder}/config.json`); `action_dim` overrides the preset's action width
-    (a world's actions decide it)."""
+    (checked by `check_preset`); `action_dim` overrides the preset's action width (a world's actions decide it).
+
+    With `seed` (the recipe's), each created component is initialised under `derive_seed(seed, "init/<component>")`,
+    so its weights do not depend on which of the others were loaded; without, the global torch RNG is used."""
+    check_preset(model_dir)
     overrides = {} if action_dim is None else {"action_dim": action_dim}
 
-    def trained(component: str) -> str | None:
-        path = os.path.join(output_dir, component)
-        return path if os.path.isdir(path) else None
+    def create(component: str, build: Callable[[str], torch.nn.Module]) -> torch.nn.Module:
+        """`build(<model_dir>/<component>)` under the component's seed; a bad config value names its file."""
+        if seed is not None:
+            seed_everything(seed, f"init/{component}")
+        path = os.path.join(model_dir, component)
+        try:
+            return build(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Preset {model_dir}: {os.path.join(path, 'config.json')}: {error}") from None
 
-    encoder_path, evolver_path = trained("encoder"), trained("evolver")
-    decoder_path = trained("reflow") or trained("decoder")
-    encoder = (
-        VeltrixEncoderModel.from_pretrained(encoder_path)
-        if encoder_path
-        else VeltrixEncoderModel(VeltrixEncoderConfig.from_pretrained(os.path.join(model_dir, "encoder"), **overrides))
-    )
-    evolver = (
-        VeltrixEvolverModel.from_pretrained(evolver_path)
-        if evolver_path
-        else VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(os.path.join(model_dir, "evolver"), **overrides))
-    )
-    decoder = (
-        VeltrixDecoderModel.from_pretrained(decoder_path)
-        if decoder_path
-        else VeltrixDecoderModel.from_config(VeltrixDecoderModel.load_config(os.path.join(model_dir, "decoder")))
-    )
+    creators = {
+        "encoder": lambda path: VeltrixEncoderModel(VeltrixEncoderConfig.from_pretrained(path, **overrides)),
+        "evolver": lambda path: VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(path, **overrides)),
+        "decoder": lambda path: VeltrixDecoderModel.from_config(VeltrixDecoderModel.load_config(path)),
+    }
+    classes = {"encoder": VeltrixEncoderModel, "evolver": VeltrixEvolverModel, "decoder": VeltrixDecoderModel}
+    models = []
+    for component, build in creators.items():
+        path = trained_component(output_dir, component)
+        models.append(classes[component].from_pretrained(path) if path else create(component, build))
+    encoder, evolver, decoder = models
     check_compatible(encoder, evolver, decoder)
     return encoder, evolver, decoder
 
@@ -105,11 +173,16 @@ def train_stage(
 
     `train_dataset` holds trajectories, or for `reflow` the pairs of `build_reflow_pairs`.
 
-    Checkpoints go to `<output_dir>/checkpoints/<stage>`; with `resume=True` training continues from the last one.
-    Returns the Trainer's training metrics.
+    The stage trains under `derive_seed(recipe.seed, stage)` (python, numpy, torch, the Trainer's `seed` and
+    `data_seed`). Checkpoints go to `<output_dir>/checkpoints/<stage>`, written atomically (`VeltrixTrainer`); with
+    `resume=True` training continues from the last complete one (`last_valid_checkpoint`: a damaged one is skipped
+    with a warning); with `resume=False` the stage starts over and its earlier checkpoints are deleted (a later resume
+    must not pick up a stale one). Returns the Trainer's training metrics.
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
+    recipe.validate()
+    stage_seed = seed_everything(recipe.seed, stage)
     encoder, evolver, decoder = models
     module = {
         "encoder": lambda: VeltrixEncoderStage(encoder),
@@ -129,14 +202,18 @@ def train_stage(
         lr_scheduler_type="cosine",
         logging_steps=max(1, stage_recipe.max_steps // 20),
         save_steps=stage_recipe.save_steps,
-        save_total_limit=1,
+        save_total_limit=2,  # the one before the last is the fallback when the last is damaged
         report_to=[],
-        seed=recipe.seed,
+        seed=stage_seed,
+        data_seed=stage_seed,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = Trainer(model=module, args=args, train_dataset=train_dataset)
-    last = get_last_checkpoint(checkpoint_dir) if resume and os.path.isdir(checkpoint_dir) else None
+    if not resume and os.path.isdir(checkpoint_dir):
+        logger.warning("Starting stage %s over: deleting its earlier checkpoints in %s.", stage, checkpoint_dir)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trainer = VeltrixTrainer(model=module, args=args, train_dataset=train_dataset)
+    last = last_valid_checkpoint(checkpoint_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
     component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
     if trainer.is_world_process_zero():
@@ -164,7 +241,10 @@ def train_stages(
     resume: bool = True,
 ) -> None:
     """Trains `stages` in order (building the reflow pairs when `reflow` comes); with `skip_finished`, a stage
-    whose folder `<output_dir>/<stage>` exists is not trained again."""
+    whose folder `<output_dir>/<stage>` exists is not trained again. The recipe and each stage's prerequisites
+    (`check_stage_prerequisites`) are checked before any stage trains."""
+    recipe.validate()
+    check_stage_prerequisites(tuple(stages), output_dir, skip_finished)
     for stage in stages:
         if skip_finished and os.path.isdir(os.path.join(output_dir, stage)):
             print(f"[veltrix] stage {stage}: already trained, loaded from {os.path.join(output_dir, stage)}")
