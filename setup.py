@@ -31,6 +31,8 @@ setup(
         "torchmetrics>=1.0",
         "vector-quantize-pytorch>=1.20",  # the residual quantizer of the encoder's audio units (audio_units.py)
     ],
+    # `VeltrixPipeline.save_pretrained` runs the repository writers of this group: the Hub export (code files).
+    entry_points={"veltrix.repository_writers": ["hub_export = modeling_veltrix.hub.export:write_hub_code"]},
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # The app's browser test drives Debian's chromium (installed by .ci/run) with Playwright.

@@ -4,9 +4,10 @@ Importing the package registers
 - the encoder, the evolver and the root `VeltrixWorldModel` with `AutoConfig` / `AutoModel`, and the encoder and
   evolver for auto classes, so that their saved folders carry an `auto_map` and their code;
 - the component classes with `VeltrixPipeline`, which then loads saved folders with this installed code;
-- the `world-rollout` task of `transformers.pipeline()`, which then needs no `trust_remote_code`;
-- the Hub export (`hub.export.write_hub_code`) as `VeltrixPipeline`'s repository writer, so that `save_pretrained`
-  writes a self-contained Hub repository.
+- the `world-rollout` task of `transformers.pipeline()`, which then needs no `trust_remote_code`.
+
+The Hub export (`hub.export.write_hub_code`), which makes `save_pretrained` write a self-contained Hub repository, is
+declared in `setup.py` as an entry point (`veltrix.repository_writers`), so that this module imports no tooling.
 
 The package root holds the model, exactly what a saved folder carries; the subpackages (`worlds`, `training`,
 `evaluation`, `hub`, `benchmarks`) are the tooling that uses it and are never published with it.
@@ -16,7 +17,6 @@ from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
-from .hub.export import write_hub_code
 from .modeling_veltrix_decoder import VeltrixDecoderModel, VeltrixDecoderOutput, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel, VeltrixEncoderOutput
 from .modeling_veltrix_evolver import (
@@ -46,7 +46,6 @@ for _config_class, _model_class in (
     _model_class.register_for_auto_class("AutoModel")
 for _model_class in (VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel):
     VeltrixPipeline.register_component_class(_model_class)
-VeltrixPipeline.register_repository_writer(write_hub_code)
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VeltrixWorldRolloutPipeline, pt_model=AutoModel, type="video")
 
 __all__ = [

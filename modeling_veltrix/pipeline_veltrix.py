@@ -8,16 +8,17 @@ step.
 This file imports only model modules: flattened with its relative imports, it becomes the root pipeline file of a
 saved folder. It imports no component class: the components load with the classes that the installed package
 registers (`register_component_class`), or, in a repository's copy of this file, with the repository's own component
-files. The code files of a saved folder are written by a repository writer that the installed package registers
-(`register_repository_writer`: the package's Hub export); a repository's copy registers none.
+files. The code files of a saved folder are written by the repository writers that installed packages declare
+under the entry-point group `veltrix.repository_writers` (this package declares its Hub export in `setup.py`); where
+none is installed (a repository's copy of this file), `save_pretrained` writes diffusers' layout alone.
 """
 
 import dataclasses
 import importlib
 import inspect
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -63,6 +64,9 @@ from .repository_check import (
 from .weights_check import check_finite_file
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Entry-point group of the functions `writer(pipeline, folder)` that add what a Hub repository needs beyond
+# diffusers' layout (code files, `auto_map`s) to a folder that `save_pretrained` has just written.
+REPOSITORY_WRITERS = "veltrix.repository_writers"
 OUTPUT_MODALITIES = ("frames", "audio", "text")
 
 
@@ -148,9 +152,6 @@ class VeltrixPipeline(DiffusionPipeline):
     # Component classes that `from_pretrained` loads with, by class name; `modeling_veltrix/__init__.py` registers
     # the package's. A Hub repository's copy of this file registers none and loads the repository's own code.
     _installed_component_classes: ClassVar[dict[str, type]] = {}
-    # Adds what a Hub repository needs beyond diffusers' layout (code files, `auto_map`s) to a folder that
-    # `save_pretrained` has just written; the installed package registers its Hub export.
-    _repository_writer: ClassVar[Callable[["VeltrixPipeline", str], None] | None] = None
 
     def __init__(
         self,
@@ -180,12 +181,6 @@ class VeltrixPipeline(DiffusionPipeline):
         """Makes `from_pretrained` load the components that `model_index.json` names `component_class.__name__` with
         `component_class` (the installed code) rather than with the folder's code."""
         cls._installed_component_classes[component_class.__name__] = component_class
-
-    @classmethod
-    def register_repository_writer(cls, writer: Callable[["VeltrixPipeline", str], None]) -> None:
-        """Makes `save_pretrained` call `writer(pipeline, folder)` on the written folder before it is moved into
-        place."""
-        cls._repository_writer = staticmethod(writer)
 
     @classmethod
     def from_pretrained(
@@ -335,12 +330,13 @@ class VeltrixPipeline(DiffusionPipeline):
         max_shard_size: int | str | None = None,
     ) -> None:
         """Writes what `DiffusionPipeline.save_pretrained` writes (safetensors weights and configs per component,
-        `model_index.json`) plus, through the registered repository writer, a complete Hub repository (each
-        component's self-contained code, the root pipeline file and the `config.json` that `transformers.pipeline`
-        reads; layout in `repository_check`). Every configuration gets this save's id (`stamp_saved_folder`, which
-        also drops the local `_name_or_path`), so that `from_pretrained` can tell one save from a mix of two. The
-        folder is written next to `save_directory` and swapped into place (`write_folder_atomically`): the old folder
-        is deleted only once the new one is in place, and `save_directory` never holds a partial repository."""
+        `model_index.json`) plus, through the installed repository writers (`REPOSITORY_WRITERS`), a complete Hub
+        repository (each component's self-contained code, the root pipeline file and the `config.json` that
+        `transformers.pipeline` reads; layout in `repository_check`). Every configuration gets this save's id
+        (`stamp_saved_folder`, which also drops the local `_name_or_path`), so that `from_pretrained` can tell one
+        save from a mix of two. The folder is written next to `save_directory` and swapped into place
+        (`write_folder_atomically`): the old folder is deleted only once the new one is in place, and
+        `save_directory` never holds a partial repository."""
         if not safe_serialization:
             raise ValueError("`safe_serialization` must be True: Veltrix saves safetensors only, got False.")
 
@@ -348,8 +344,8 @@ class VeltrixPipeline(DiffusionPipeline):
             super(VeltrixPipeline, self).save_pretrained(
                 staging, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
             )
-            if self._repository_writer is not None:
-                self._repository_writer(self, staging)
+            for entry_point in entry_points(group=REPOSITORY_WRITERS):
+                entry_point.load()(self, staging)
             stamp_saved_folder(staging, content_save_id(staging))
 
         write_folder_atomically(write, save_directory)

@@ -308,28 +308,46 @@ def resaved_since(folder: str, index: dict) -> bool:
         return True
 
 
-# Settings that must agree between components: (component, setting, component, setting).
+# Settings that must agree between components: (component, setting, component it must equal, setting).
 MATCHING_SETTINGS = (
-    ("encoder", "unit_dim", "evolver", "unit_dim"),
-    ("encoder", "action_dim", "evolver", "action_dim"),
-    ("encoder", "frame_unit_dim", "decoder", "cross_attention_dim"),
-    ("encoder", "image_size", "decoder", "sample_size"),
-    ("encoder", "num_channels", "decoder", "in_channels"),
+    ("evolver", "num_units_per_step", "encoder", "num_units_per_step"),
+    ("evolver", "unit_dim", "encoder", "unit_dim"),
+    ("evolver", "action_dim", "encoder", "action_dim"),
+    ("decoder", "cross_attention_dim", "encoder", "frame_unit_dim"),
+    ("decoder", "sample_size", "encoder", "image_size"),
+    ("decoder", "in_channels", "encoder", "num_channels"),
 )
+
+
+def component_mismatches(configs: dict[str, object]) -> list[tuple[str, str]]:
+    """(component, message) for every setting of `MATCHING_SETTINGS` on which the component configs `configs`
+    (component name -> config; a missing component or setting is skipped) disagree, and for a decoder that cannot
+    attend to all of the encoder's units per step."""
+    found = []
+    for name, key, other, other_key in MATCHING_SETTINGS:
+        value, expected = getattr(configs.get(name), key, None), getattr(configs.get(other), other_key, None)
+        if None not in (value, expected) and value != expected:
+            found.append((name, f"`{name}.{key}` must equal `{other}.{other_key}` ({expected}), got {value}."))
+    capacity = getattr(configs.get("decoder"), "max_context_units", None)
+    units = getattr(configs.get("encoder"), "num_units_per_step", None)
+    if None not in (capacity, units) and capacity < units:
+        found.append(
+            (
+                "decoder",
+                f"`decoder.max_context_units` must be >= `encoder.num_units_per_step` ({units}), got {capacity}.",
+            )
+        )
+    return found
 
 
 def check_components_fit(folder: str, components: dict[str, object]) -> None:
     """Raises `VeltrixRepositoryError` naming the component configs and settings when loaded components of `folder`
-    do not fit together (`MATCHING_SETTINGS`: unit width, action size, the decoder's context width, frame size and
-    channels), so that an incompatible folder fails when it is loaded, not at its first call."""
-    clashes = []
-    for first, first_key, second, second_key in MATCHING_SETTINGS:
-        configs = [getattr(components.get(name), "config", None) for name in (first, second)]
-        values = [getattr(config, key, None) for config, key in zip(configs, (first_key, second_key), strict=True)]
-        if None not in values and values[0] != values[1]:
-            clashes.append(
-                f"{os.path.join(folder, first, 'config.json')} `{first_key}` = {values[0]} but "
-                f"{os.path.join(folder, second, 'config.json')} `{second_key}` = {values[1]}"
-            )
+    do not fit together (`component_mismatches`: unit count and width, action size, the decoder's context width and
+    capacity, frame size and channels), so that an incompatible folder fails when it is loaded, not at its first
+    call."""
+    configs = {name: getattr(component, "config", None) for name, component in components.items()}
+    clashes = [
+        f"{os.path.join(folder, name, 'config.json')}: {message}" for name, message in component_mismatches(configs)
+    ]
     if clashes:
-        raise VeltrixRepositoryError(f"{folder} holds components that do not fit together: " + "; ".join(clashes) + ".")
+        raise VeltrixRepositoryError(f"{folder} holds components that do not fit together: " + " ".join(clashes))

@@ -1,7 +1,7 @@
 """The Hub export of a saved `VeltrixPipeline`: the code files that make one folder a self-contained Hugging Face
 repository for every loader, flattened so that each file stands alone (see `source_inlining`).
 
-`modeling_veltrix/__init__.py` registers `write_hub_code` with `VeltrixPipeline.register_repository_writer`, so
+`setup.py` declares `write_hub_code` as an entry point of the group `veltrix.repository_writers`, so
 `save_pretrained` of the installed package adds, on top of what `DiffusionPipeline.save_pretrained` writes, each
 component's code file and `auto_map`, the root pipeline file, the code references of `model_index.json` and the root
 `config.json` (the layout is described in `modeling_veltrix.repository_check`). Weights are written once, in the

@@ -16,7 +16,7 @@ from ..modeling_veltrix_decoder import VeltrixDecoderModel
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
 from ..modeling_veltrix_evolver import VeltrixEvolverModel
 from ..pipeline_veltrix import VeltrixPipeline
-from ..repository_check import check_component_config, write_folder_atomically
+from ..repository_check import check_component_config, component_mismatches, write_folder_atomically
 from ..worlds import build_world_dataset, world_metadata
 from .checkpoints import VeltrixTrainer, last_valid_checkpoint, seed_everything
 from .recipe import STAGE_COMPONENT, STAGES, VeltrixStageRecipe, VeltrixTrainingRecipe
@@ -141,24 +141,12 @@ def load_or_create_models(
 
 
 def check_compatible(encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel, decoder: VeltrixDecoderModel) -> None:
-    """The three components must agree on unit count and width, action width and frame format."""
-    enc, evo, dec = encoder.config, evolver.config, decoder.config
-    pairs = [
-        ("evolver.num_units_per_step", evo.num_units_per_step, "encoder.num_units_per_step", enc.num_units_per_step),
-        ("evolver.unit_dim", evo.unit_dim, "encoder.unit_dim", enc.unit_dim),
-        ("evolver.action_dim", evo.action_dim, "encoder.action_dim", enc.action_dim),
-        ("decoder.cross_attention_dim", dec.cross_attention_dim, "encoder.frame_unit_dim", enc.frame_unit_dim),
-        ("decoder.sample_size", dec.sample_size, "encoder.image_size", enc.image_size),
-        ("decoder.in_channels", dec.in_channels, "encoder.num_channels", enc.num_channels),
-    ]
-    for name, value, other, expected in pairs:
-        if value != expected:
-            raise ValueError(f"`{name}` must equal `{other}` ({expected}), got {value}.")
-    if dec.max_context_units < enc.num_units_per_step:
-        raise ValueError(
-            f"`decoder.max_context_units` must be >= `encoder.num_units_per_step` ({enc.num_units_per_step}), "
-            f"got {dec.max_context_units}."
-        )
+    """The three components must agree on unit count and width, action width and frame format
+    (`repository_check.component_mismatches`, which loads check too)."""
+    configs = {"encoder": encoder.config, "evolver": evolver.config, "decoder": decoder.config}
+    mismatches = component_mismatches(configs)
+    if mismatches:
+        raise ValueError(" ".join(message for _, message in mismatches))
 
 
 def train_stage(
