@@ -330,28 +330,11 @@ class VeltrixCounterfactualRolloutOutput(VeltrixRolloutOutput):
     divergence: torch.Tensor | None = None
 
 
-class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
-    """The Veltrix evolver. `forward` predicts, in parallel over a trajectory of units, the state at the next
-    timestamp from every step (teacher forcing); `step`, `rollout` and `rollout_stream` evolve a state recurrently,
-    with a cache whose size does not depend on the horizon.
-
-    Each public entry point checks its inputs, except inside `input_validation.inputs_checked()`, where a caller
-    that has checked them (the pipeline, with `check_rollout_inputs`) runs it; internal calls never check again."""
-
-    def __init__(self, config: VeltrixEvolverConfig):
-        super().__init__(config)
-        self.condition_embedding = VeltrixConditionEmbedding(config)
-        self.in_proj = nn.Linear(config.unit_dim, config.hidden_size)
-        self.layers = nn.ModuleList(VeltrixEvolverBlock(config) for _ in range(config.num_hidden_layers))
-        self.norm_f = VeltrixRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.velocity_head = VeltrixZeroInitLinear(config.hidden_size, config.unit_dim)
-        self.post_init()
-
-    @property
-    def kernel_path(self) -> str:
-        """`"mamba_ssm"` when whole sequences run the mamba-ssm / causal-conv1d CUDA kernels (model on CUDA, packages
-        installed, `config.use_mamba_kernels`), else `"torch"` (logged once when CUDA lacks the packages)."""
-        return "mamba_ssm" if self.layers[0].ssm.uses_cuda_kernels(self.device) else "torch"
+class VeltrixStatePredictorMixin:
+    """What every predictor of the state shares, the evolver and the equal-size baselines of
+    `modeling_veltrix.evaluation.baselines` alike: the checks of trajectories of units, timestamps, actions and
+    rollout arguments against `config` (`num_units_per_step`, `unit_dim`, `action_dim`, `dt_reference`), and the
+    velocity parametrisation `S_next = S + Δt · dS/dt` of a zero-initialised `velocity_head` after `norm_f`."""
 
     def _check_units(self, name: str, units: torch.Tensor, steps: bool) -> None:
         expected = (
@@ -410,6 +393,94 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             raise ValueError("`prediction_timestamps` must be later than `timestamps` at every step.")
         ahead = prediction_timestamps.to(CLOCK_DTYPE) - timestamps.to(CLOCK_DTYPE)
         check_step_sizes("prediction_timestamps", ahead, self.config.dt_reference, self.dtype)
+
+    def check_rollout_inputs(
+        self,
+        batch_size: int,
+        context_length: int,
+        num_steps: int,
+        actions: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        mode: str | None = None,
+        interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
+    ) -> None:
+        """Checks `rollout`'s arguments but the context, given its batch size B and length T: `num_steps` (an int
+        >= 1), `actions` (B, T + num_steps, A) and `timestamps` (B, T + num_steps) (finite; timestamps strictly
+        increasing), `mode` against them and `interventions`, and the interventions. Needs no context, so a caller
+        can check before encoding one, then call `rollout` inside `input_validation.inputs_checked()`."""
+        check_count("num_steps", num_steps, MAX_ROLLOUT_STEPS)
+        length = context_length + num_steps
+        if timestamps is not None:
+            self._check_timestamps("timestamps", timestamps, (batch_size, length), increasing=True)
+        self._check_actions("actions", actions, (batch_size, length))
+        _check_mode(mode, actions, interventions)
+        if interventions is not None:
+            self._check_interventions(interventions, batch_size, num_steps)
+
+    def _check_interventions(self, interventions: object, batch_size: int, num_steps: int) -> None:
+        """Checks `rollout`'s interventions (one or a non-empty sequence)."""
+        if not isinstance(interventions, (VeltrixIntervention, list, tuple)) or not interventions:
+            raise ValueError(
+                f"`interventions` must be a VeltrixIntervention or a non-empty list of them, got {interventions!r}."
+            )
+        unit_shape = (batch_size, self.config.num_units_per_step, self.config.unit_dim)
+        for index, intervention in enumerate(_intervention_list(interventions)):
+            name = f"interventions[{index}]"
+            if not isinstance(intervention, VeltrixIntervention):
+                raise ValueError(f"`{name}` must be a VeltrixIntervention, got {type(intervention).__name__}.")
+            step = intervention.step
+            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
+                raise ValueError(f"`{name}.step` must be an int in [0, num_steps={num_steps}), got {step!r}.")
+            if intervention.actions is None and intervention.state_delta is None:
+                raise ValueError(f"`{name}` must set `actions`, `state_delta` or both.")
+            self._check_actions(f"{name}.actions", intervention.actions, (batch_size, num_steps - step))
+            if intervention.state_delta is not None:
+                check_shape(
+                    f"{name}.state_delta",
+                    intervention.state_delta,
+                    unit_shape,
+                    dtype=self.dtype,
+                    device=input_device(self),
+                )
+                check_finite(f"{name}.state_delta", intervention.state_delta)
+
+    def _check_rollout(
+        self,
+        context: torch.Tensor,
+        num_steps: int,
+        actions: torch.Tensor | None,
+        timestamps: torch.Tensor | None,
+        mode: str | None = None,
+        interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
+    ) -> None:
+        """Checks a rollout's context (B, T, U, D), then the rest with `check_rollout_inputs`."""
+        self._check_units("context", context, steps=True)
+        b, t = context.shape[:2]
+        self.check_rollout_inputs(b, t, num_steps, actions, timestamps, mode, interventions)
+
+
+class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedModel):
+    """The Veltrix evolver. `forward` predicts, in parallel over a trajectory of units, the state at the next
+    timestamp from every step (teacher forcing); `step`, `rollout` and `rollout_stream` evolve a state recurrently,
+    with a cache whose size does not depend on the horizon.
+
+    Each public entry point checks its inputs, except inside `input_validation.inputs_checked()`, where a caller
+    that has checked them (the pipeline, with `check_rollout_inputs`) runs it; internal calls never check again."""
+
+    def __init__(self, config: VeltrixEvolverConfig):
+        super().__init__(config)
+        self.condition_embedding = VeltrixConditionEmbedding(config)
+        self.in_proj = nn.Linear(config.unit_dim, config.hidden_size)
+        self.layers = nn.ModuleList(VeltrixEvolverBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm_f = VeltrixRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.velocity_head = VeltrixZeroInitLinear(config.hidden_size, config.unit_dim)
+        self.post_init()
+
+    @property
+    def kernel_path(self) -> str:
+        """`"mamba_ssm"` when whole sequences run the mamba-ssm / causal-conv1d CUDA kernels (model on CUDA, packages
+        installed, `config.use_mamba_kernels`), else `"torch"` (logged once when CUDA lacks the packages)."""
+        return "mamba_ssm" if self.layers[0].ssm.uses_cuda_kernels(self.device) else "torch"
 
     def forward(
         self,
@@ -572,70 +643,6 @@ class VeltrixEvolverModel(VeltrixEvolverPreTrainedModel):
             ssm_states.append(ssm_state)
         predicted, _ = self._velocity_to_units(units[:, None], hidden[:, None], step_sizes[:, None])
         return predicted[:, 0], VeltrixEvolverCache(conv_states, ssm_states, timestamp)
-
-    def check_rollout_inputs(
-        self,
-        batch_size: int,
-        context_length: int,
-        num_steps: int,
-        actions: torch.Tensor | None = None,
-        timestamps: torch.Tensor | None = None,
-        mode: str | None = None,
-        interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
-    ) -> None:
-        """Checks `rollout`'s arguments but the context, given its batch size B and length T: `num_steps` (an int
-        >= 1), `actions` (B, T + num_steps, A) and `timestamps` (B, T + num_steps) (finite; timestamps strictly
-        increasing), `mode` against them and `interventions`, and the interventions. Needs no context, so a caller
-        can check before encoding one, then call `rollout` inside `input_validation.inputs_checked()`."""
-        check_count("num_steps", num_steps, MAX_ROLLOUT_STEPS)
-        length = context_length + num_steps
-        if timestamps is not None:
-            self._check_timestamps("timestamps", timestamps, (batch_size, length), increasing=True)
-        self._check_actions("actions", actions, (batch_size, length))
-        _check_mode(mode, actions, interventions)
-        if interventions is not None:
-            self._check_interventions(interventions, batch_size, num_steps)
-
-    def _check_interventions(self, interventions: object, batch_size: int, num_steps: int) -> None:
-        """Checks `rollout`'s interventions (one or a non-empty sequence)."""
-        if not isinstance(interventions, (VeltrixIntervention, list, tuple)) or not interventions:
-            raise ValueError(
-                f"`interventions` must be a VeltrixIntervention or a non-empty list of them, got {interventions!r}."
-            )
-        unit_shape = (batch_size, self.config.num_units_per_step, self.config.unit_dim)
-        for index, intervention in enumerate(_intervention_list(interventions)):
-            name = f"interventions[{index}]"
-            if not isinstance(intervention, VeltrixIntervention):
-                raise ValueError(f"`{name}` must be a VeltrixIntervention, got {type(intervention).__name__}.")
-            step = intervention.step
-            if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
-                raise ValueError(f"`{name}.step` must be an int in [0, num_steps={num_steps}), got {step!r}.")
-            if intervention.actions is None and intervention.state_delta is None:
-                raise ValueError(f"`{name}` must set `actions`, `state_delta` or both.")
-            self._check_actions(f"{name}.actions", intervention.actions, (batch_size, num_steps - step))
-            if intervention.state_delta is not None:
-                check_shape(
-                    f"{name}.state_delta",
-                    intervention.state_delta,
-                    unit_shape,
-                    dtype=self.dtype,
-                    device=input_device(self),
-                )
-                check_finite(f"{name}.state_delta", intervention.state_delta)
-
-    def _check_rollout(
-        self,
-        context: torch.Tensor,
-        num_steps: int,
-        actions: torch.Tensor | None,
-        timestamps: torch.Tensor | None,
-        mode: str | None = None,
-        interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
-    ) -> None:
-        """Checks a rollout's context (B, T, U, D), then the rest with `check_rollout_inputs`."""
-        self._check_units("context", context, steps=True)
-        b, t = context.shape[:2]
-        self.check_rollout_inputs(b, t, num_steps, actions, timestamps, mode, interventions)
 
     def _rollout_times(
         self, context: torch.Tensor, timestamps: torch.Tensor | None

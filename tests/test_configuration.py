@@ -100,7 +100,10 @@ def test_recipe_validation():
         ({"decoder_time_sampling": "logitnormal"}, r"`decoder_time_sampling` must be one of .*'logit_normal'"),
         ({"decoder_loss_weighting": "sigma"}, r"`decoder_loss_weighting` must be one of .*'sigma_sqrt'"),
         ({"reflow_time_sampling": "beta"}, r"`reflow_time_sampling` must be one of"),
-        ({"world": "fluid"}, r"`world` must be one of \('bouncing_balls', 'pendulum'\), got 'fluid'"),
+        (
+            {"world": "fluid"},
+            r"`world` must be one of \('bouncing_balls', 'mass_spring', 'pendulum', 'two_body'\), got 'fluid'",
+        ),
         ({"world_options": {"num_ballz": 2}}, r"`world_options`.*num_ballz"),
         ({"world_options": []}, r"`world_options` must be a JSON object"),
         ({"seed": -1}, r"`seed` must be an integer >= 0 and < 4294967296, got -1"),

@@ -50,25 +50,50 @@ def save_prediction_gif(prediction: torch.Tensor, path: str, scale: int = 4, fra
     save_gif([PIL.Image.fromarray(image.squeeze()) for image in images], path, frame_duration_ms)
 
 
+def _plot_curves(axis, curves: dict[str, np.ndarray], window: int | None, title: str, log_scale: bool = False) -> None:
+    """Draws one curve per predictor (error per horizon h = 1 … H) on `axis`, marking the training `window`."""
+    for name, values in curves.items():
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=2, label=name)
+    if window is not None:
+        axis.axvline(window, color="grey", linestyle="--", label=f"training window W={window}")
+    if log_scale:
+        axis.set_yscale("log")
+    axis.set_xlabel("horizon (steps)")
+    axis.set_ylabel("pixel MSE")
+    axis.set_title(title)
+    axis.legend(fontsize="small")
+
+
+def _save_figure(figure: Figure, path: str) -> None:
+    """Writes `figure` as a PNG to `path` (temporary file, then rename)."""
+    figure.tight_layout()
+    tmp = f"{path}.tmp"
+    figure.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, path)
+
+
 def save_error_plot(
     pixel_mse: dict[str, np.ndarray],
     path: str,
     window: int | None = None,
     title: str = "Rollout error vs horizon (held-out trajectories)",
 ) -> None:
-    """Plots pixel MSE against horizon for every predictor, marking the training `window` when given; writes a PNG
-    (temporary file, then rename). Uses matplotlib's object API, so no backend is chosen at import."""
+    """Plots pixel MSE against horizon for every predictor, marking the training `window` when given; writes a PNG.
+    Uses matplotlib's object API, so no backend is chosen at import."""
     figure = Figure(figsize=(6, 4))
-    axis = figure.subplots()
-    for name, values in pixel_mse.items():
-        axis.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-    if window is not None:
-        axis.axvline(window, color="grey", linestyle="--", label=f"training window W={window}")
-    axis.set_xlabel("horizon (steps)")
-    axis.set_ylabel("pixel MSE")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    tmp = f"{path}.tmp"
-    figure.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
+    _plot_curves(figure.subplots(), pixel_mse, window, title)
+    _save_figure(figure, path)
+
+
+def save_error_grid(curves: dict[str, dict[str, np.ndarray]], path: str, window: int | None = None) -> None:
+    """One panel per world (`curves`: world -> predictor -> pixel MSE per horizon), every predictor on each, on a
+    log scale; writes a PNG."""
+    columns = min(2, len(curves))
+    rows = -(-len(curves) // columns)
+    figure = Figure(figsize=(6 * columns, 4 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
+    for axis, (world, world_curves) in zip(axes, curves.items(), strict=False):
+        _plot_curves(axis, world_curves, window, world, log_scale=True)
+    for axis in axes[len(curves) :]:
+        axis.set_visible(False)
+    _save_figure(figure, path)

@@ -16,6 +16,17 @@ STAGES = ("encoder", "evolver", "decoder", "reflow")
 COMPONENTS = ("encoder", "evolver", "decoder")
 # The component each stage trains; `reflow` fine-tunes the decoder for few-step sampling.
 STAGE_COMPONENT = {"encoder": "encoder", "evolver": "evolver", "decoder": "decoder", "reflow": "decoder"}
+# Stages outside the pipeline's `STAGES`, each with a stage recipe like the others': `probe` trains the physics probe
+# of `training.physics` on the frozen encoder's units (`load_or_train_probe`); `joint` fine-tunes encoder and evolver
+# together after the staged ones (`runner.train_joint`).
+AUXILIARY_STAGES = ("probe", "joint")
+RECIPE_STAGES = STAGES + AUXILIARY_STAGES
+STAGE_DEFAULTS = {
+    # The probe is a small MLP on one step's units: larger batches.
+    "probe": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 16},
+    # A fine-tune of trained components: a lower learning rate.
+    "joint": {"max_steps": 300, "learning_rate": 1e-4, "batch_size": 8},
+}
 
 
 SEED_LIMIT = 2**32  # numpy's seeds (seeded by `transformers.set_seed`) must be below 2**32
@@ -59,6 +70,11 @@ RECIPE_RULES = {
     "stability_perturbation": _Rule(float, 0, exclusive=True),
     "time_consistency_weight": _WEIGHT,
     "caption_loss_weight": _WEIGHT,
+    "physics_loss_weight": _WEIGHT,
+    "probe_hidden_size": _Rule(int, 1),
+    "joint_align_weight": _WEIGHT,
+    "joint_physics_weight": _WEIGHT,
+    "joint_reconstruction_weight": _WEIGHT,
     "decoder_frames_per_trajectory": _Rule(int, 1),
     "decoder_time_sampling": _Rule(str, choices=FLOW_TIME_SAMPLINGS),
     "decoder_loss_weighting": _Rule(str, choices=LOSS_WEIGHTINGS),
@@ -134,11 +150,13 @@ class VeltrixStageRecipe:
         check_fields(asdict(self), STAGE_RULES, prefix)
 
     @classmethod
-    def from_dict(cls, values: Any, name: str) -> "VeltrixStageRecipe":
-        """The stage recipe `name` of a recipe file: a dict of known fields, each checked and named `<name>.<field>`."""
+    def from_dict(cls, values: Any, name: str, defaults: dict[str, Any] | None = None) -> "VeltrixStageRecipe":
+        """The stage recipe `name` of a recipe file: a dict of known fields, each checked and named `<name>.<field>`;
+        missing fields take `defaults`, else the class defaults."""
         if not isinstance(values, dict):
             raise ValueError(f"`{name}` must be a JSON object of {sorted(STAGE_RULES)}, got {values!r}.")
         _check_known(values, set(STAGE_RULES), f"`{name}`")
+        values = {**(defaults or {}), **values}
         check_fields({**asdict(cls()), **values}, STAGE_RULES, f"{name}.")
         return cls(**values)
 
@@ -157,6 +175,15 @@ class VeltrixTrainingRecipe:
     (default 0: off) weighs the frozen caption head's cross-entropy on the predicted states' text subspace against the
     true captions, the text counterpart of the pixel loss. On the speaking preset, weight 1 did not make evolved
     states caption future events (0 of the eventful held-out steps, as without it) and made frames worse.
+
+    `physics_loss_weight` (default 0: off) weighs `training.physics.physics_conservation_loss` on the evolver's
+    open-loop window: the energy that a frozen physics probe reads from the predicted states should stay that of the
+    last context state (trajectories without impulses in the window only); it needs a probe (`load_or_train_probe`),
+    trained by the `probe` stage recipe (defaults: 300 steps, lr 1e-3, batch 16) with `probe_hidden_size` hidden
+    units. The optional `joint` stage (`runner.train_joint`, recipe `joint`: 300 steps, lr 1e-4, batch 8) fine-tunes
+    encoder and evolver together on `L_traj + joint_align_weight·L_align + joint_physics_weight·L_phys +
+    joint_reconstruction_weight·L_recon` (defaults 1, 0, 1; `stages.VeltrixJointStage`). Recipe files without these
+    fields load with the defaults.
 
     `seed` seeds the run: each created component is initialised, and each stage trains, under
     `training.checkpoints.derive_seed(seed, name)` (`train_seed` and `eval_seed` seed the world's trajectories).
@@ -181,6 +208,11 @@ class VeltrixTrainingRecipe:
     stability_perturbation: float = 1e-2
     time_consistency_weight: float = 0.0
     caption_loss_weight: float = 0.0
+    physics_loss_weight: float = 0.0
+    probe_hidden_size: int = 128
+    joint_align_weight: float = 1.0
+    joint_physics_weight: float = 0.0
+    joint_reconstruction_weight: float = 1.0
     decoder_frames_per_trajectory: int = 8
     decoder_time_sampling: str = "logit_normal"
     decoder_loss_weighting: str = "none"
@@ -192,12 +224,14 @@ class VeltrixTrainingRecipe:
     evolver: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     decoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     reflow: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
+    probe: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["probe"]))
+    joint: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["joint"]))
 
     def __post_init__(self) -> None:
-        for name in STAGES:
+        for name in RECIPE_STAGES:
             value = getattr(self, name)
             if not isinstance(value, VeltrixStageRecipe):
-                setattr(self, name, VeltrixStageRecipe.from_dict(value, name))
+                setattr(self, name, VeltrixStageRecipe.from_dict(value, name, STAGE_DEFAULTS.get(name)))
         self.validate()
 
     def validate(self) -> None:
@@ -207,7 +241,7 @@ class VeltrixTrainingRecipe:
         creation; `to_json_file` and `train_stages` run it again for recipes changed since."""
         values = {name: getattr(self, name) for name in RECIPE_RULES}
         check_fields(values, RECIPE_RULES)
-        for name in STAGES:
+        for name in RECIPE_STAGES:
             stage = getattr(self, name)
             if not isinstance(stage, VeltrixStageRecipe):
                 raise ValueError(f"`{name}` must be a VeltrixStageRecipe, got {type(stage).__name__}.")

@@ -1,5 +1,14 @@
 """Runs the stages: builds the world datasets, creates or loads the models, trains each stage with `Trainer` and
-assembles the trained pipeline."""
+assembles the trained pipeline.
+
+Folders of `output_dir`: each stage of `STAGES` saves its component to `<output_dir>/<stage>`; the physics probe
+(`physics.load_or_train_probe`) goes to `<output_dir>/probe`; the optional joint fine-tune (`train_joint`, after the
+staged ones) saves both components it trains to `<output_dir>/joint/encoder` and `<output_dir>/joint/evolver` in one
+atomic write, and `trained_component` (hence `load_or_create_models`) prefers those to `<output_dir>/encoder` and
+`<output_dir>/evolver`. The joint fine-tune changes the encoder's units, which the decoder was trained on: train the
+`decoder` stage again after it (delete `<output_dir>/joint` to go back to the staged components). Checkpoints of
+every stage go to `<output_dir>/checkpoints/<stage>`.
+"""
 
 import logging
 import os
@@ -19,11 +28,14 @@ from ..pipeline_veltrix import VeltrixPipeline
 from ..repository_check import check_component_config, component_mismatches, write_folder_atomically
 from ..worlds import build_world_dataset, world_metadata
 from .checkpoints import VeltrixTrainer, last_valid_checkpoint, seed_everything
+from .physics import VeltrixPhysicsProbe
 from .recipe import STAGE_COMPONENT, STAGES, VeltrixStageRecipe, VeltrixTrainingRecipe
 from .stages import (
     VeltrixDecoderStage,
     VeltrixEncoderStage,
     VeltrixEvolverStage,
+    VeltrixJointStage,
+    VeltrixPredictor,
     VeltrixReflowStage,
     build_reflow_pairs,
 )
@@ -74,10 +86,18 @@ def check_preset(preset_dir: str) -> None:
             raise ValueError(f"Preset {preset_dir}: {path} cannot be loaded: {error}") from None
 
 
+# Where a component trained in `output_dir` is looked for, best first: its fine-tunes before its stage.
+COMPONENT_FOLDERS = {
+    "encoder": (os.path.join("joint", "encoder"), "encoder"),
+    "evolver": (os.path.join("joint", "evolver"), "evolver"),
+    "decoder": ("reflow", "decoder"),
+}
+
+
 def trained_component(output_dir: str, component: str) -> str | None:
-    """The folder of `component` trained already in `output_dir` (for the decoder: its reflow fine-tune first), or
-    None."""
-    for name in ("reflow", "decoder") if component == "decoder" else (component,):
+    """The folder of `component` trained already in `output_dir`, or None: for the encoder and the evolver their
+    joint fine-tune (`<output_dir>/joint/<component>`) first, for the decoder its reflow fine-tune first."""
+    for name in COMPONENT_FOLDERS.get(component, (component,)):
         path = os.path.join(output_dir, name)
         if os.path.isdir(path):
             return path
@@ -151,15 +171,18 @@ def check_compatible(encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel,
 
 def train_stage(
     stage: str,
-    models: tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel],
+    models: tuple[VeltrixEncoderModel, VeltrixPredictor, VeltrixDecoderModel],
     train_dataset: datasets.Dataset,
     recipe: VeltrixTrainingRecipe,
     output_dir: str,
     resume: bool = True,
+    probe: VeltrixPhysicsProbe | None = None,
 ) -> dict[str, float]:
     """Trains one stage with `transformers.Trainer` and saves the trained component to `<output_dir>/<stage>`.
 
-    `train_dataset` holds trajectories, or for `reflow` the pairs of `build_reflow_pairs`.
+    `train_dataset` holds trajectories, or for `reflow` the pairs of `build_reflow_pairs`. The `evolver` stage trains
+    any `VeltrixPredictor` in the evolver's place (a baseline), and with `recipe.physics_loss_weight > 0` needs the
+    physics `probe` (`training.physics.load_or_train_probe`).
 
     The stage trains under `derive_seed(recipe.seed, stage)` (python, numpy, torch, the Trainer's `seed` and
     `data_seed`). Checkpoints go to `<output_dir>/checkpoints/<stage>`, written atomically (`VeltrixTrainer`); with
@@ -170,14 +193,56 @@ def train_stage(
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
     recipe.validate()
-    stage_seed = seed_everything(recipe.seed, stage)
     encoder, evolver, decoder = models
     module = {
         "encoder": lambda: VeltrixEncoderStage(encoder),
-        "evolver": lambda: VeltrixEvolverStage(encoder, evolver, recipe),
+        "evolver": lambda: VeltrixEvolverStage(encoder, evolver, recipe, probe=probe),
         "decoder": lambda: VeltrixDecoderStage(encoder, decoder, recipe),
         "reflow": lambda: VeltrixReflowStage(decoder, recipe),
     }[stage]()
+    component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
+    return run_trainer(stage, module, component.save_pretrained, train_dataset, recipe, output_dir, resume)
+
+
+def train_joint(
+    models: tuple[VeltrixEncoderModel, VeltrixPredictor, VeltrixDecoderModel],
+    train_dataset: datasets.Dataset,
+    recipe: VeltrixTrainingRecipe,
+    output_dir: str,
+    resume: bool = True,
+    probe: VeltrixPhysicsProbe | None = None,
+) -> dict[str, float]:
+    """The optional joint fine-tune after the staged ones: encoder and evolver trained together
+    (`stages.VeltrixJointStage`, recipe `joint`; `probe` is needed with `recipe.joint_physics_weight > 0`), saved
+    together to `<output_dir>/joint/{encoder,evolver}` (one atomic write), which `trained_component` then prefers.
+    Seeds, checkpoints (`<output_dir>/checkpoints/joint`) and `resume` as in `train_stage`. Returns the Trainer's
+    training metrics."""
+    recipe.validate()
+    encoder, evolver, _ = models
+    module = VeltrixJointStage(encoder, evolver, recipe, probe=probe)
+
+    def save(folder: str) -> None:
+        encoder.save_pretrained(os.path.join(folder, "encoder"))
+        evolver.save_pretrained(os.path.join(folder, "evolver"))
+
+    return run_trainer("joint", module, save, train_dataset, recipe, output_dir, resume)
+
+
+def run_trainer(
+    stage: str,
+    module: torch.nn.Module,
+    save: Callable[[str], None],
+    train_dataset: datasets.Dataset,
+    recipe: VeltrixTrainingRecipe,
+    output_dir: str,
+    resume: bool = True,
+) -> dict[str, float]:
+    """The machinery of every stage: trains the stage `module` (which returns `{"loss": ...}`) with `VeltrixTrainer`
+    under `derive_seed(recipe.seed, stage)` and `recipe.<stage>`'s optimisation, with checkpoints in
+    `<output_dir>/checkpoints/<stage>` (resumed, or deleted with `resume=False`), then (on the main process) writes
+    `<output_dir>/<stage>` atomically with `save(folder)`, e.g. a component's `save_pretrained`. Returns the
+    Trainer's training metrics."""
+    stage_seed = seed_everything(recipe.seed, stage)
     stage_recipe: VeltrixStageRecipe = getattr(recipe, stage)
     checkpoint_dir = os.path.join(output_dir, "checkpoints", stage)
     args = TrainingArguments(
@@ -203,9 +268,8 @@ def train_stage(
     trainer = VeltrixTrainer(model=module, args=args, train_dataset=train_dataset)
     last = last_valid_checkpoint(checkpoint_dir) if resume else None
     result = trainer.train(resume_from_checkpoint=last)
-    component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
     if trainer.is_world_process_zero():
-        write_folder_atomically(component.save_pretrained, os.path.join(output_dir, stage))
+        write_folder_atomically(save, os.path.join(output_dir, stage))
     return result.metrics
 
 
@@ -220,17 +284,19 @@ def assemble_pipeline(
 
 def train_stages(
     stages: tuple[str, ...],
-    models: tuple[VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel],
+    models: tuple[VeltrixEncoderModel, VeltrixPredictor, VeltrixDecoderModel],
     preset_dir: str,
     train_dataset: datasets.Dataset,
     recipe: VeltrixTrainingRecipe,
     output_dir: str,
     skip_finished: bool = False,
     resume: bool = True,
+    probe: VeltrixPhysicsProbe | None = None,
 ) -> None:
     """Trains `stages` in order (building the reflow pairs when `reflow` comes); with `skip_finished`, a stage
     whose folder `<output_dir>/<stage>` exists is not trained again. The recipe and each stage's prerequisites
-    (`check_stage_prerequisites`) are checked before any stage trains."""
+    (`check_stage_prerequisites`) are checked before any stage trains. `probe` goes to the evolver stage (needed
+    with `recipe.physics_loss_weight > 0`)."""
     recipe.validate()
     check_stage_prerequisites(tuple(stages), output_dir, skip_finished)
     for stage in stages:
@@ -243,5 +309,5 @@ def train_stages(
             else train_dataset
         )
         print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
-        metrics = train_stage(stage, models, data, recipe, output_dir, resume=resume)
+        metrics = train_stage(stage, models, data, recipe, output_dir, resume=resume, probe=probe)
         print(f"[veltrix] stage {stage} finished: train_loss={metrics['train_loss']:.5g}")

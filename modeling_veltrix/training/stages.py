@@ -1,5 +1,7 @@
 """The `nn.Module` of each training stage: it owns the models it trains and returns the stage's loss to `Trainer`."""
 
+from typing import Protocol
+
 import datasets
 import torch
 import torch.nn.functional as F
@@ -8,8 +10,9 @@ from tqdm.auto import tqdm
 
 from ..modeling_veltrix_decoder import VeltrixDecoderModel, flow_matching_loss
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
-from ..modeling_veltrix_evolver import VeltrixEvolverModel, lyapunov_penalty, midpoint_rollout
+from ..modeling_veltrix_evolver import lyapunov_penalty, midpoint_rollout
 from ..pipeline_veltrix import VeltrixPipeline
+from .physics import VeltrixPhysicsProbe, physics_conservation_loss
 from .recipe import VeltrixTrainingRecipe
 
 MODALITY_COLUMNS = {"text": ("input_ids", "attention_mask"), "audio": ("audio_values",)}
@@ -25,6 +28,16 @@ def observed_modalities(encoder: VeltrixEncoderModel, batch: dict) -> dict[str, 
         for column in columns
         if batch.get(column) is not None
     }
+
+
+class VeltrixPredictor(Protocol):
+    """What the evolver stage trains: `VeltrixEvolverModel`, or a baseline predictor with the same interface
+    (`forward(units, timestamps=, actions=).predicted_units` (B, T, U, D) and
+    `rollout(context, num_steps, actions=, timestamps=).units` (B, K, U, D)), an `nn.Module`."""
+
+    def __call__(self, units: torch.Tensor, timestamps: torch.Tensor, actions: torch.Tensor): ...
+
+    def rollout(self, context: torch.Tensor, num_steps: int, actions: torch.Tensor, timestamps: torch.Tensor): ...
 
 
 class VeltrixEncoderStage(nn.Module):
@@ -63,11 +76,38 @@ class VeltrixFrozenEncoderStage(nn.Module):
 
 
 class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
-    """Evolver on the frozen encoder's units: one-step teacher forcing + an open-loop window, latent + pixel."""
+    """Evolver on the frozen encoder's units: one-step teacher forcing + an open-loop window, latent + pixel.
 
-    def __init__(self, encoder: VeltrixEncoderModel, evolver: VeltrixEvolverModel, recipe: VeltrixTrainingRecipe):
+    `evolver` is any `VeltrixPredictor` (the evolver or an equal-size baseline); only its `forward` and `rollout`
+    are called. With `recipe.physics_loss_weight > 0`, the frozen physics `probe` (required) adds
+    `physics_conservation_loss` on the open-loop window against the last context state."""
+
+    # The recipe field that weighs the physics term (`VeltrixJointStage` has its own).
+    physics_weight_field = "physics_loss_weight"
+
+    def __init__(
+        self,
+        encoder: VeltrixEncoderModel,
+        evolver: VeltrixPredictor,
+        recipe: VeltrixTrainingRecipe,
+        probe: VeltrixPhysicsProbe | None = None,
+    ):
         super().__init__(encoder, recipe)
         self.evolver = evolver
+        name = self.physics_weight_field
+        self.physics_weight = getattr(recipe, name)
+        if self.physics_weight and probe is None:
+            raise ValueError(
+                f"`{name}` is {self.physics_weight}, which needs a physics probe: pass `probe` "
+                f"(`training.physics.load_or_train_probe`) or set `{name}` to 0."
+            )
+        self.probe = None if probe is None else probe.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "VeltrixEvolverStage":
+        super().train(mode)
+        if self.probe is not None:
+            self.probe.eval()
+        return self
 
     def _state_loss(
         self,
@@ -97,11 +137,25 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
     ) -> dict[str, torch.Tensor]:
         """With a multimodal encoder, the units are the fused states of every observed modality, so the evolver
         learns to evolve the caption and audio subspaces with the frames'."""
-        recipe = self.recipe
         columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
         observed = observed_modalities(self.encoder, columns)
         with torch.no_grad():
             units = self.encoder(pixel_values, **observed).units
+        return {"loss": self.trajectory_loss(units, pixel_values, timestamps, actions, observed)}
+
+    def trajectory_loss(
+        self,
+        units: torch.Tensor,
+        pixel_values: torch.Tensor,
+        timestamps: torch.Tensor,
+        actions: torch.Tensor,
+        observed: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """`L_traj` (+ `physics_weight · L_phys`) of the encoded trajectories `units (B, T, U, D)`: teacher forcing
+        over every step and an open-loop window from a random start, with the recipe's optional terms. The target
+        states are `units.detach()` (with a trainable encoder, the latent targets must not pull it to collapse)."""
+        recipe = self.recipe
+        targets = units.detach()
 
         def captions(steps: slice) -> tuple[torch.Tensor, torch.Tensor] | None:
             """The observed captions of `steps`, targets of the predicted text subspace (None without text)."""
@@ -110,7 +164,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             return observed["input_ids"][:, steps], observed["attention_mask"][:, steps]
 
         teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
-        teacher_loss = self._state_loss(teacher[:, :-1], units[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
+        teacher_loss = self._state_loss(teacher[:, :-1], targets[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
 
         context, window = recipe.context_length, recipe.rollout_window
         start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
@@ -122,7 +176,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             timestamps=timestamps[:, start:end],
         )
         future = slice(start + context, end)
-        open_loop_loss = self._state_loss(rollout.units, units[:, future], pixel_values[:, future], captions(future))
+        open_loop_loss = self._state_loss(rollout.units, targets[:, future], pixel_values[:, future], captions(future))
         loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
         if recipe.stability_weight:
             penalty = lyapunov_penalty(
@@ -142,9 +196,94 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
                 actions=actions[:, start:end],
                 timestamps=timestamps[:, start:end],
             )
-            consistency = self._state_loss(midpoints, units[:, future], pixel_values[:, future], captions(future))
+            consistency = self._state_loss(midpoints, targets[:, future], pixel_values[:, future], captions(future))
             loss = loss + recipe.time_consistency_weight * consistency
+        if self.physics_weight:
+            reference = targets[:, start + context - 1]  # the last context state
+            # The impulses that reach the window: the action at step t first shows at t + 1, so those of the last
+            # context step to the step before the last predicted one.
+            impulses = actions[:, start + context - 1 : end - 1]
+            physics = physics_conservation_loss(self.probe, rollout.units, reference, impulses)
+            loss = loss + self.physics_weight * physics
+        return loss
+
+
+class VeltrixJointStage(VeltrixEvolverStage):
+    """The optional joint fine-tune (DESIGN §9): encoder and evolver trained together on
+
+        L = L_traj + λ1·L_align + λ2·L_phys + λ3·L_recon
+
+    `L_traj` is the evolver stage's loss (`trajectory_loss`, its recipe weights) with gradients reaching the encoder
+    through the evolver's inputs and the frame readout (the latent targets are detached); `L_align` the encoder's
+    `loss_terms["align"]` when it fuses several modalities (else 0); `L_phys` `physics_conservation_loss` with the
+    frozen `probe` (required when `λ2 > 0`); `L_recon` the encoder's frame reconstruction MSE. λ1, λ2, λ3 are
+    `recipe.joint_align_weight`, `joint_physics_weight`, `joint_reconstruction_weight`."""
+
+    physics_weight_field = "joint_physics_weight"
+
+    def __init__(
+        self,
+        encoder: VeltrixEncoderModel,
+        evolver: VeltrixPredictor,
+        recipe: VeltrixTrainingRecipe,
+        probe: VeltrixPhysicsProbe | None = None,
+    ):
+        super().__init__(encoder, evolver, recipe, probe)
+        self.encoder.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> "VeltrixJointStage":
+        nn.Module.train(self, mode)  # the encoder trains too (the frozen stages keep it in eval mode)
+        if self.probe is not None:
+            self.probe.eval()
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        timestamps: torch.Tensor,
+        actions: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        recipe = self.recipe
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        observed = observed_modalities(self.encoder, columns)
+        encoded = self.encoder(pixel_values, **observed, return_loss=True)
+        terms = encoded.loss_terms or {}
+        reconstruction = terms.get("frames", encoded.loss)
+        loss = self.trajectory_loss(encoded.units, pixel_values, timestamps, actions, observed)
+        loss = loss + recipe.joint_reconstruction_weight * reconstruction
+        if "align" in terms and recipe.joint_align_weight:
+            loss = loss + recipe.joint_align_weight * terms["align"]
         return {"loss": loss}
+
+
+class VeltrixProbeStage(VeltrixFrozenEncoderStage):
+    """The physics probe on the frozen encoder's units of every step: normalised MSE against the dataset's
+    `physics` column restricted to the world's `probe_fields`. With a multimodal encoder the units are the fused
+    states of every observed modality, as the evolver sees them."""
+
+    def __init__(self, encoder: VeltrixEncoderModel, probe: VeltrixPhysicsProbe, recipe: VeltrixTrainingRecipe):
+        super().__init__(encoder, recipe)
+        self.probe = probe
+        self.register_buffer("field_index", torch.tensor(probe.world.probe_indices), persistent=False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        physics: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
+        with torch.no_grad():
+            units = self.encoder(pixel_values, **observed_modalities(self.encoder, columns)).units  # (B, T, U, D)
+        prediction = self.probe.normalized(units)  # (B, T, P)
+        mean, std = self.probe.field_statistics(prediction)
+        target = (physics[..., self.field_index].to(prediction.dtype) - mean) / std
+        return {"loss": F.mse_loss(prediction, target)}
 
 
 class VeltrixReflowStage(nn.Module):

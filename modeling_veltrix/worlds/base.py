@@ -176,6 +176,9 @@ class World(abc.ABC):
     state_shape: tuple[int, ...]
     action_dim: int
     physics_fields: tuple[str, ...]
+    #: The physics fields that determine the state (positions and velocities), in the order `energy` reads them: what
+    #: a probe of the model's states regresses (`training.physics.VeltrixPhysicsProbe`).
+    probe_fields: tuple[str, ...]
 
     def __init__(self, config: WorldConfig | None = None) -> None:
         config = self.config_class() if config is None else config
@@ -204,6 +207,19 @@ class World(abc.ABC):
             audio_window=self.config.audio_window if self.config.audio else 0,
             caption_length=self.config.caption_length if self.config.captions else 0,
         )
+
+    @property
+    def probe_indices(self) -> tuple[int, ...]:
+        """Positions of `probe_fields` in `physics_fields`: `physics[..., probe_indices]` is a probe's target."""
+        return tuple(self.physics_fields.index(name) for name in self.probe_fields)
+
+    @abc.abstractmethod
+    def energy(self, state: Any) -> Any:
+        """Total energy of states laid out as `probe_fields` on the last axis: `(..., len(probe_fields))` → `(...,)`.
+
+        Works on numpy arrays and torch tensors alike (indexing, arithmetic, `** 0.5` and `.sum(-1)` only), so that
+        it is differentiable through a probe's predictions. Without impulses it is conserved by the true dynamics.
+        """
 
     @abc.abstractmethod
     def sample_initial_state(self, rng: np.random.Generator) -> np.ndarray:

@@ -4,6 +4,7 @@ other; the action is a velocity impulse on ball 0."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -150,12 +151,18 @@ class BouncingBallsWorld(World):
         self.physics_fields = tuple(
             f"ball{b}_{quantity}" for b in range(num_balls) for quantity in ("x", "y", "vx", "vy")
         ) + ("kinetic_energy",)
+        self.probe_fields = self.physics_fields[:-1]
         self._pairs = [(i, j) for i in range(num_balls) for j in range(i + 1, num_balls)]
         self._colors = np.asarray(self.config.ball_colors[:num_balls], dtype=np.float32)  # (B, 3)
         # Event kinds: per ball its four walls (left, right, top, bottom), then every pair of balls.
         self.event_kinds = tuple(("wall", b, side) for b in range(num_balls) for side in WALLS) + tuple(
             ("ball", i, j) for i, j in self._pairs
         )
+
+    def energy(self, state: Any) -> Any:
+        """`½ Σ_b |v_b|²` from `(..., 4 * num_balls)` states laid out as `probe_fields` (`x, y, vx, vy` per ball);
+        numpy or torch. Equals the `kinetic_energy` physics column."""
+        return 0.5 * (state[..., 2::4] ** 2 + state[..., 3::4] ** 2).sum(-1)
 
     def sample_initial_state(self, rng: np.random.Generator) -> np.ndarray:
         """Non-overlapping positions (1 px apart at least) uniform in the box; speeds uniform in

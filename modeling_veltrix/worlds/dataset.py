@@ -14,11 +14,15 @@ import numpy as np
 
 from .base import World, WorldMetadata, _is_int
 from .bouncing_balls import BouncingBallsWorld
+from .mass_spring import MassSpringWorld
 from .pendulum import PendulumWorld
+from .two_body import TwoBodyWorld
 
 WORLDS: dict[str, type[World]] = {
     BouncingBallsWorld.name: BouncingBallsWorld,
     PendulumWorld.name: PendulumWorld,
+    MassSpringWorld.name: MassSpringWorld,
+    TwoBodyWorld.name: TwoBodyWorld,
 }
 
 

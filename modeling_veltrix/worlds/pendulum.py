@@ -4,6 +4,7 @@ impulse."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,11 +125,19 @@ class PendulumWorld(World):
         self.state_shape = (2,)
         self.action_dim = 1
         self.physics_fields = ("angle", "angular_velocity", "bob_x", "bob_y", "energy")
+        self.probe_fields = ("bob_x", "bob_y", "angular_velocity")
         # Event kinds: the bob turns back at its left or its right extreme.
         self.event_kinds = (("extreme", "left"), ("extreme", "right"))
         self._pivot = self.config.image_size / 2.0
         self._bob_color = np.asarray(self.config.bob_color, dtype=np.float32)[None, :, None, None]
         self._rod_color = np.asarray(self.config.rod_color, dtype=np.float32)[None, :, None, None]
+
+    def energy(self, state: Any) -> Any:
+        """`½ L² ω² + g L (1 - cos θ)` with `cos θ = (bob_y - pivot) / L`, from `(..., 3)` states laid out as
+        `probe_fields` (`bob_x, bob_y, angular_velocity`); numpy or torch. Equals the `energy` physics column."""
+        length, gravity = self.config.rod_length, self.config.gravity
+        cos_theta = (state[..., 1] - self._pivot) / length
+        return 0.5 * length**2 * state[..., 2] ** 2 + gravity * length * (1.0 - cos_theta)
 
     def sample_initial_state(self, rng: np.random.Generator) -> np.ndarray:
         """`(θ, ω)` uniform in `[-max_initial_angle, max_initial_angle] × [-max_ω, max_ω]`, float64."""
