@@ -60,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worlds", nargs="+", default=None, help="worlds to evaluate (default: all four)")
     parser.add_argument("--model-card", default=None, help="model card to write the table into")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
+    parser.add_argument(
+        "--horizon-window",
+        type=int,
+        default=None,
+        help="the window W the horizons 1×, 3×, 10× W are multiples of (default: the recipe's rollout_window)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in under a minute")
     return parser.parse_args()
 
@@ -98,6 +104,8 @@ def main() -> None:
     settings_values = {"preset": args.preset, "recipe": recipe}
     if args.worlds:
         settings_values["worlds"] = tuple(args.worlds)
+    if args.horizon_window is not None:
+        settings_values["horizon_window"] = args.horizon_window
     if args.quick:
         settings_values |= {"num_inference_steps": 1, "num_sample_trajectories": 2}
     settings = SuiteSettings(**settings_values)

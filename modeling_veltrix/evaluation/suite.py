@@ -64,6 +64,8 @@ class SuiteSettings:
         num_sample_trajectories: how many held-out trajectories the decoder's samples are scored on (the direct
             readout is scored on all; sampling every step of every trajectory costs the most).
         batch_size: trajectories per rollout batch.
+        horizon_window: the window W the horizons are multiples of (default: the recipe's `rollout_window`); set it
+            to compare a model trained on another window at the same horizons.
     """
 
     preset: str
@@ -73,11 +75,13 @@ class SuiteSettings:
     num_inference_steps: int = 4
     num_sample_trajectories: int = 8
     batch_size: int = 16
+    horizon_window: int | None = None
 
     def __post_init__(self) -> None:
         if not self.worlds or any(world not in WORLDS for world in self.worlds):
             raise ValueError(f"`worlds` must be a non-empty subset of {sorted(WORLDS)}, got {self.worlds!r}.")
-        for name in ("horizon_multiple", "num_inference_steps", "num_sample_trajectories", "batch_size"):
+        names = ("horizon_multiple", "num_inference_steps", "num_sample_trajectories", "batch_size")
+        for name in names + (() if self.horizon_window is None else ("horizon_window",)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
@@ -88,8 +92,13 @@ class SuiteSettings:
             )
 
     @property
+    def window(self) -> int:
+        """The window W the horizons are multiples of."""
+        return self.recipe.rollout_window if self.horizon_window is None else self.horizon_window
+
+    @property
     def horizon(self) -> int:
-        return self.horizon_multiple * self.recipe.rollout_window
+        return self.horizon_multiple * self.window
 
 
 @dataclass
@@ -198,11 +207,11 @@ def roll_out_world(
             collected["units"][name].append(units)
             readout = frame_references.get(name)
             collected["readout"][name].append(encoder.decode_frames(units).clamp(-1, 1) if readout is None else readout)
-            collected["energies"][name].append(models.probe.energy(units))
+            collected["energies"][name].append(models.probe.trajectory_energy(units, context_units[:, -1]))
         truth["frames"].append(future)
         truth["units"].append(future_units)
         truth["energies"].append(simulator.energy(batch["physics"][:, context_length:, probe_index].double()).float())
-        truth["probed"].append(models.probe.energy(future_units))
+        truth["probed"].append(models.probe.trajectory_energy(future_units, context_units[:, -1]))
     joined = {key: {name: torch.cat(values) for name, values in parts.items()} for key, parts in collected.items()}
     samples = decode_samples(models.pipeline, joined["units"], held_out, settings)
     return WorldRollouts(
@@ -318,7 +327,7 @@ def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tupl
         references=list(rollouts.true_energies.float().numpy()),
     )
     result = {
-        "models": score_world(rollouts, settings.recipe.rollout_window),
+        "models": score_world(rollouts, settings.window),
         "parameters": {name: count_parameters(predictor) for name, predictor in models.predictors.items()},
         "probe_energy_drift_on_encoded_truth": probe_floor["drift"],
         "num_held_out_trajectories": len(held_out),
@@ -326,6 +335,7 @@ def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tupl
         "eval_seed": settings.recipe.eval_seed,
         "context_length": settings.recipe.context_length,
         "training_window": settings.recipe.rollout_window,
+        "horizon_window": settings.window,
         "horizon": settings.horizon,
     }
     write_json_atomic(path, {"settings": record, "result": result})
@@ -424,14 +434,14 @@ def run_suite(settings: SuiteSettings, output_dir: str, report_path: str, card_p
         world: {model: np.asarray(scores["pixel_mse_readout"]) for model, scores in result["models"].items()}
         for world, result in worlds.items()
     }
-    save_error_grid(curves, plot_path, settings.recipe.rollout_window)
+    save_error_grid(curves, plot_path, settings.window)
     table = results_markdown(worlds)
     print(table)
     if card_path is not None:
         caption = (
             f"Measured by `scripts/evaluate.py` ({len(settings.worlds)} worlds; {settings.recipe.context_length} "
             f"context steps, rollouts to {settings.horizon_multiple}× the training window W = "
-            f"{settings.recipe.rollout_window}; {next(iter(worlds.values()))['num_held_out_trajectories']} held-out "
+            f"{settings.window}; {next(iter(worlds.values()))['num_held_out_trajectories']} held-out "
             "trajectories per world). Pixel MSE (pixels in [0, 1]) of the encoder's direct readout of the state (the "
             f"conditional mean) at 1×, 3× and 10× W; sample MSE: the flow decoder's sample "
             f"({settings.num_inference_steps} Euler steps) on the first {settings.num_sample_trajectories} "

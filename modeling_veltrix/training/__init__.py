@@ -15,6 +15,7 @@ from .checkpoints import VeltrixTrainer, checkpoint_problem, derive_seed, last_v
 from .physics import (
     VeltrixPhysicsProbe,
     VeltrixPhysicsProbeConfig,
+    consecutive_pairs,
     create_probe,
     load_or_train_probe,
     physics_conservation_loss,
@@ -87,6 +88,7 @@ __all__ = [
     "load_or_create_models",
     "load_or_train_probe",
     "observed_modalities",
+    "consecutive_pairs",
     "physics_conservation_loss",
     "probe_statistics",
     "run_trainer",

@@ -1,14 +1,16 @@
 """Physics probe and the energy-conservation term `L_phys` (DESIGN §9).
 
 A `VeltrixPhysicsProbe` is a small MLP that reads a world's physical state (`World.probe_fields`: positions and
-velocities) from the units of one step, trained by the `probe` stage on the frozen encoder's units against the
-dataset's `physics` column. Through the world's `energy`, it gives the energy of any state of the model, so that
+velocities or momenta) at a step from the units of that step and the step before: one frame shows where things are,
+not how fast they move, and the encoder encodes frames one at a time. It is trained by the `probe` stage on the
+frozen encoder's units against the dataset's `physics` column. Through the world's `energy`, it gives the energy of
+any pair of consecutive states of the model, encoded or predicted, so that
 
-    L_phys = mean_k ((E(probe(S_pred_k)) - E(probe(S_ref))) / energy_scale)²
+    L_phys = mean_k ((E(probe(S_pred_{k-1}, S_pred_k)) - E(probe(S_ref))) / energy_scale)²
 
-measures how far an open-loop rollout drifts from the energy of its last observed state (`S_ref`, the last context
-state). Impulses change the energy, so only trajectories with no non-zero action in the window count. The probe is
-frozen in `L_phys`: gradients reach the predicted units only.
+measures how far an open-loop rollout drifts from the energy of its last observed state (`S_ref`, the last two context
+states; `S_pred_{-1}` is the last context state). Impulses change the energy, so only trajectories with no non-zero
+action in the window count. The probe is frozen in `L_phys`: gradients reach the predicted units only.
 
     >>> probe = load_or_train_probe(encoder, train_dataset, recipe, output_dir)  # <output_dir>/probe
     >>> train_stage("evolver", models, train_dataset, recipe, output_dir, probe=probe)  # physics_loss_weight > 0
@@ -38,7 +40,8 @@ PROBE_FOLDER = "probe"
 @strict
 class VeltrixPhysicsProbeConfig(PreTrainedConfig):
     r"""
-    Configuration of [`VeltrixPhysicsProbe`], which reads a world's physical state from one step's units.
+    Configuration of [`VeltrixPhysicsProbe`], which reads a world's physical state at a step from the units of that
+    step and the one before.
 
     Args:
         num_units_per_step (`int`, *optional*, defaults to 16):
@@ -127,14 +130,15 @@ class VeltrixPhysicsProbePreTrainedModel(PreTrainedModel):
 
 
 class VeltrixPhysicsProbe(VeltrixPhysicsProbePreTrainedModel):
-    """An MLP on the flattened units of one step: `(..., U, D)` → the world's `probe_fields` `(..., P)` in world
-    units (de-normalised with the training data's `field_mean` / `field_std`)."""
+    """An MLP on the flattened units of two consecutive steps: `(..., 2, U, D)` (the step before, then the step) →
+    the world's `probe_fields` `(..., P)` at the step, in world units (de-normalised with the training data's
+    `field_mean` / `field_std`)."""
 
     def __init__(self, config: VeltrixPhysicsProbeConfig):
         super().__init__(config)
         size = len(config.probe_fields)
         self.mlp = nn.Sequential(
-            nn.Linear(config.num_units_per_step * config.unit_dim, config.hidden_size),
+            nn.Linear(2 * config.num_units_per_step * config.unit_dim, config.hidden_size),
             nn.GELU(),
             nn.Linear(config.hidden_size, size),
         )
@@ -148,22 +152,43 @@ class VeltrixPhysicsProbe(VeltrixPhysicsProbePreTrainedModel):
         std = torch.tensor(self.config.field_std, device=reference.device, dtype=reference.dtype)
         return mean, std
 
-    def normalized(self, units: torch.Tensor) -> torch.Tensor:
-        """The normalised prediction `(field - field_mean) / field_std`, `(..., U, D)` → `(..., P)`."""
-        expected = (self.config.num_units_per_step, self.config.unit_dim)
-        if tuple(units.shape[-2:]) != expected:
-            raise ValueError(f"`units` must have shape (..., {expected[0]}, {expected[1]}), got {tuple(units.shape)}.")
-        return self.mlp(units.flatten(-2))  # (..., U * D) → (..., P)
+    def normalized(self, pairs: torch.Tensor) -> torch.Tensor:
+        """The normalised prediction `(field - field_mean) / field_std`, `(..., 2, U, D)` → `(..., P)`."""
+        expected = (2, self.config.num_units_per_step, self.config.unit_dim)
+        if tuple(pairs.shape[-3:]) != expected:
+            raise ValueError(
+                f"`pairs` must have shape (..., 2, {expected[1]}, {expected[2]}) (the step before, then the step), "
+                f"got {tuple(pairs.shape)}."
+            )
+        return self.mlp(pairs.flatten(-3))  # (..., 2 * U * D) → (..., P)
 
-    def forward(self, units: torch.Tensor) -> torch.Tensor:
-        """`(..., U, D)` units → `(..., P)` physical state in world units, laid out as `config.probe_fields`."""
-        prediction = self.normalized(units)
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """`(..., 2, U, D)` units of a step and the one before → `(..., P)` physical state at the step in world
+        units, laid out as `config.probe_fields`."""
+        prediction = self.normalized(pairs)
         mean, std = self.field_statistics(prediction)
         return prediction * std + mean
 
-    def energy(self, units: torch.Tensor) -> torch.Tensor:
-        """`(..., U, D)` → `(...,)`: the world's energy of the probed state."""
-        return self.world.energy(self(units))
+    def energy(self, pairs: torch.Tensor) -> torch.Tensor:
+        """`(..., 2, U, D)` → `(...,)`: the world's energy of the probed state."""
+        return self.world.energy(self(pairs))
+
+    def trajectory_energy(self, units: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Units `(B, K, U, D)` of K consecutive steps and the units `(B, U, D)` of the step before them →
+        `(B, K)`: the probed energy at every step."""
+        return self.energy(consecutive_pairs(units, previous))
+
+
+def consecutive_pairs(units: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Units `(B, K, U, D)` and the step before them `(B, U, D)` → `(B, K, 2, U, D)`: each step after the one
+    before it."""
+    if units.ndim != 4 or tuple(previous.shape) != (units.shape[0], *units.shape[2:]):
+        raise ValueError(
+            f"`units` must be (B, K, U, D) and `previous` (B, U, D), got {tuple(units.shape)} and "
+            f"{tuple(previous.shape)}."
+        )
+    before = torch.cat([previous[:, None], units[:, :-1]], dim=1)
+    return torch.stack([before, units], dim=2)
 
 
 def physics_conservation_loss(
@@ -172,12 +197,13 @@ def physics_conservation_loss(
     reference_units: torch.Tensor,
     actions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`mean_k ((E(pred_k) - E(ref)) / energy_scale)²` over the trajectories whose window has no impulse.
+    """`mean_k ((E(pred_{k-1}, pred_k) - E(ref)) / energy_scale)²` over the trajectories whose window has no impulse.
 
     Args:
         probe: the frozen physics probe (no gradient reaches its weights).
         predicted_units: `(B, K, U, D)` the predicted states of the window.
-        reference_units: `(B, U, D)` the state whose energy the window should keep (the last context state).
+        reference_units: `(B, 2, U, D)` the last two context states: their energy is the one the window should keep,
+            and the last is the step before the first predicted one.
         actions: `(B, K, A)` the window's actions, or None (no impulses); a trajectory with any non-zero action
             does not count.
 
@@ -185,9 +211,12 @@ def physics_conservation_loss(
         A scalar: the mean over the counted trajectories and steps; 0 (still attached to `predicted_units`'s graph)
         when none counts.
     """
-    if predicted_units.ndim != 4 or reference_units.shape != predicted_units[:, 0].shape:
+    if (
+        predicted_units.ndim != 4
+        or reference_units.shape != predicted_units[:, :2].shape[:1] + (2,) + predicted_units.shape[2:]
+    ):
         raise ValueError(
-            "`predicted_units` must be (B, K, U, D) and `reference_units` (B, U, D), got "
+            "`predicted_units` must be (B, K, U, D) and `reference_units` (B, 2, U, D), got "
             f"{tuple(predicted_units.shape)} and {tuple(reference_units.shape)}."
         )
     if actions is not None and tuple(actions.shape[:2]) != tuple(predicted_units.shape[:2]):
@@ -196,7 +225,8 @@ def physics_conservation_loss(
         )
     # Freeze the probe without touching its `requires_grad` flags: use its parameters as detached constants.
     params = {name: value.detach() for name, value in probe.named_parameters()}
-    predicted = probe.world.energy(torch.func.functional_call(probe, params, (predicted_units,)))  # (B, K)
+    pairs = consecutive_pairs(predicted_units, reference_units[:, 1].detach())  # (B, K, 2, U, D); a target
+    predicted = probe.world.energy(torch.func.functional_call(probe, params, (pairs,)))  # (B, K)
     with torch.no_grad():
         reference = probe.energy(reference_units)  # (B,)
     drift = ((predicted - reference[:, None]) / probe.config.energy_scale) ** 2  # (B, K)

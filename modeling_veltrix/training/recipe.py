@@ -251,6 +251,11 @@ class VeltrixTrainingRecipe:
                 f"`context_length + rollout_window` ({self.context_length + self.rollout_window}) must be <= "
                 f"`trajectory_length` ({self.trajectory_length})."
             )
+        if (self.physics_loss_weight or self.joint_physics_weight) and self.context_length < 2:
+            raise ValueError(
+                f"`context_length` must be >= 2 with `physics_loss_weight` or `joint_physics_weight` > 0 (the physics "
+                f"probe reads the last two context states), got {self.context_length}."
+            )
         if self.decoder_frames_per_trajectory > self.trajectory_length:
             raise ValueError(
                 f"`decoder_frames_per_trajectory` must be in [1, {self.trajectory_length}], "

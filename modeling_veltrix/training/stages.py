@@ -199,7 +199,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             consistency = self._state_loss(midpoints, targets[:, future], pixel_values[:, future], captions(future))
             loss = loss + recipe.time_consistency_weight * consistency
         if self.physics_weight:
-            reference = targets[:, start + context - 1]  # the last context state
+            reference = targets[:, start + context - 2 : start + context]  # the last two context states
             # The impulses that reach the window: the action at step t first shows at t + 1, so those of the last
             # context step to the step before the last predicted one.
             impulses = actions[:, start + context - 1 : end - 1]
@@ -260,9 +260,9 @@ class VeltrixJointStage(VeltrixEvolverStage):
 
 
 class VeltrixProbeStage(VeltrixFrozenEncoderStage):
-    """The physics probe on the frozen encoder's units of every step: normalised MSE against the dataset's
-    `physics` column restricted to the world's `probe_fields`. With a multimodal encoder the units are the fused
-    states of every observed modality, as the evolver sees them."""
+    """The physics probe on the frozen encoder's units of every step after the first, each with the step before it:
+    normalised MSE against the dataset's `physics` column restricted to the world's `probe_fields`. With a
+    multimodal encoder the units are the fused states of every observed modality, as the evolver sees them."""
 
     def __init__(self, encoder: VeltrixEncoderModel, probe: VeltrixPhysicsProbe, recipe: VeltrixTrainingRecipe):
         super().__init__(encoder, recipe)
@@ -280,9 +280,10 @@ class VeltrixProbeStage(VeltrixFrozenEncoderStage):
         columns = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": audio_values}
         with torch.no_grad():
             units = self.encoder(pixel_values, **observed_modalities(self.encoder, columns)).units  # (B, T, U, D)
-        prediction = self.probe.normalized(units)  # (B, T, P)
+        pairs = torch.stack([units[:, :-1], units[:, 1:]], dim=2)  # (B, T - 1, 2, U, D): each step after its previous
+        prediction = self.probe.normalized(pairs)  # (B, T - 1, P)
         mean, std = self.probe.field_statistics(prediction)
-        target = (physics[..., self.field_index].to(prediction.dtype) - mean) / std
+        target = (physics[:, 1:, self.field_index].to(prediction.dtype) - mean) / std
         return {"loss": F.mse_loss(prediction, target)}
 
 
