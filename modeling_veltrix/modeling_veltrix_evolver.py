@@ -371,6 +371,24 @@ class VeltrixStatePredictorMixin:
         predicted = units + step_sizes[..., None, None] * change_per_interval
         return predicted, change_per_interval / self.config.dt_reference
 
+    def _teacher_forcing_clock(
+        self, units: torch.Tensor, timestamps: torch.Tensor | None, prediction_timestamps: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s timestamps (B, T) (default: a regular grid of `dt_reference`) and step sizes (B, T) in
+        reference intervals, in the units' dtype, to `prediction_timestamps` (default: the next timestamp, and for the
+        last step one more interval of the same length, or of `dt_reference` for a single step)."""
+        b, t = units.shape[:2]
+        if timestamps is None:
+            timestamps = regular_timestamps(b, t, self.config.dt_reference, units)
+        if prediction_timestamps is None:
+            last_gap = (
+                timestamps[:, -1:] - timestamps[:, -2:-1]
+                if t > 1
+                else torch.full_like(timestamps[:, -1:], self.config.dt_reference)
+            )
+            prediction_timestamps = torch.cat([timestamps[:, 1:], timestamps[:, -1:] + last_gap], dim=1)
+        return timestamps, ((prediction_timestamps - timestamps) / self.config.dt_reference).to(units.dtype)
+
     def _check_forward_inputs(
         self,
         units: torch.Tensor,
@@ -504,22 +522,11 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         """
         if checks_enabled():
             self._check_forward_inputs(units, timestamps, actions, prediction_timestamps)
-        b, t = units.shape[:2]
-        if timestamps is None:
-            timestamps = regular_timestamps(b, t, self.config.dt_reference, units)
-        if prediction_timestamps is None:
-            last_gap = (
-                timestamps[:, -1:] - timestamps[:, -2:-1]
-                if t > 1
-                else torch.full_like(timestamps[:, -1:], self.config.dt_reference)
-            )
-            prediction_timestamps = torch.cat([timestamps[:, 1:], timestamps[:, -1:] + last_gap], dim=1)
-
+        timestamps, step_sizes = self._teacher_forcing_clock(units, timestamps, prediction_timestamps)
         reference = self.config.dt_reference
         # Times may be float64 (the clock's dtype): differences are taken in it, step sizes cast to the model's.
         gaps = torch.cat([torch.ones_like(timestamps[:, :1]), timestamps.diff(dim=1) / reference], dim=1)
         gaps = gaps.to(units.dtype)
-        step_sizes = ((prediction_timestamps - timestamps) / reference).to(units.dtype)
         condition = self.condition_embedding(step_sizes, actions)
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []

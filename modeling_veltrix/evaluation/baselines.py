@@ -304,13 +304,7 @@ class VeltrixBaselinePredictor(VeltrixStatePredictorMixin, VeltrixBaselinePreTra
         length), from the steps up to it. `use_cache` also returns the rollout cache after the last step."""
         if checks_enabled():
             self._check_forward_inputs(units, timestamps, actions, prediction_timestamps)
-        b, t = units.shape[:2]
-        if timestamps is None:
-            timestamps = regular_timestamps(b, t, self.config.dt_reference, units)
-        if prediction_timestamps is None:
-            last_gap = timestamps[:, -1:] - timestamps[:, -2:-1] if t > 1 else self.config.dt_reference
-            prediction_timestamps = torch.cat([timestamps[:, 1:], timestamps[:, -1:] + last_gap], dim=1)
-        step_sizes = ((prediction_timestamps - timestamps) / self.config.dt_reference).to(units.dtype)
+        timestamps, step_sizes = self._teacher_forcing_clock(units, timestamps, prediction_timestamps)
         condition = self.condition_embedding(step_sizes, actions)
         hidden, layer_states = self._layers_forward(self.in_proj(units), condition, timestamps)
         predicted, velocities = self._velocity_to_units(units, hidden, step_sizes)
