@@ -16,8 +16,9 @@ setup(
     long_description_content_type="text/markdown",
     # The model (the package root) and its tooling subpackages (worlds, training, evaluation, hub, benchmarks).
     packages=find_packages(include=["modeling_veltrix", "modeling_veltrix.*"]),
-    # The `evaluate` metric scripts and their cards: plain folders (no `__init__.py`) that `evaluate.load` reads.
-    package_data={"modeling_veltrix.evaluation": ["metric_modules/*/*.py", "metric_modules/*/README.md"]},
+    # The `evaluate` metric scripts, their shared `trajectory_inputs.py` and their cards: one plain folder (no
+    # `__init__.py`) that `evaluate.load` reads.
+    package_data={"modeling_veltrix.evaluation": ["metric_modules/*.py", "metric_modules/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

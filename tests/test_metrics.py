@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_veltrix.evaluation.metric_loading import METRIC_MODULES_DIR, METRIC_NAMES, load_metric
+from modeling_veltrix.evaluation.metric_loading import (
+    METRIC_MODULES_DIR,
+    METRIC_NAMES,
+    SHARED_MODULE,
+    load_metric,
+    metric_path,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +53,8 @@ def test_unknown_name_raises_with_known_names():
 
 
 def test_scripts_and_cards_are_package_data():
-    """The folders are plain data (no `__init__.py`), declared in setup.py's package_data, importable-free scripts."""
+    """One folder of plain data (no `__init__.py`), declared in setup.py's package_data: a script and a card per metric
+    and the shared `trajectory_inputs.py`, the scripts' only relative import (which `evaluate` copies along)."""
     setup_tree = ast.parse((REPO_ROOT / "setup.py").read_text())
     call = next(
         node
@@ -59,14 +66,21 @@ def test_scripts_and_cards_are_package_data():
     package_dir = importlib.resources.files("modeling_veltrix.evaluation")
     assert Path(str(package_dir)) / "metric_modules" == METRIC_MODULES_DIR
     declared = {path.relative_to(Path(str(package_dir))) for p in patterns for path in Path(str(package_dir)).glob(p)}
+    folder = package_dir / "metric_modules"
+    assert not (folder / "__init__.py").is_file()
+    assert (folder / f"{SHARED_MODULE}.py").is_file() and Path("metric_modules", f"{SHARED_MODULE}.py") in declared
+    shared_source = (folder / f"{SHARED_MODULE}.py").read_text()
+    assert "modeling_veltrix" not in "".join(line for line in shared_source.splitlines() if "import" in line)
+    # evaluate copies a script's direct relative imports only, not theirs:
+    assert not [line for line in shared_source.splitlines() if line.startswith(("from .", "import ."))]
     for name in METRIC_NAMES:
-        folder = package_dir / "metric_modules" / name
-        assert (folder / f"{name}.py").is_file() and (folder / "README.md").is_file()
-        assert not (folder / "__init__.py").is_file()
-        assert {Path("metric_modules", name, f"{name}.py"), Path("metric_modules", name, "README.md")} <= declared
+        assert metric_path(name) == METRIC_MODULES_DIR / f"{name}.py"
+        assert (folder / f"{name}.py").is_file() and (folder / f"{name}.md").is_file()
+        assert {Path("metric_modules", f"{name}.py"), Path("metric_modules", f"{name}.md")} <= declared
         source = (folder / f"{name}.py").read_text()
         assert "modeling_veltrix" not in "".join(line for line in source.splitlines() if "import" in line)
-        assert "from ." not in source
+        relative = [line for line in source.splitlines() if line.startswith(("from .", "import ."))]
+        assert len(relative) == 1 and relative[0].startswith(f"from .{SHARED_MODULE} import ")
 
 
 def test_rollout_error_by_hand():

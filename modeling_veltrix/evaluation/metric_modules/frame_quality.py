@@ -10,7 +10,8 @@ For trajectory `i` and predicted step `t`, with frames of shape (C, Hh, W):
                                                                                        reach step t)
     psnr, ssim = means over all (i, t)
 
-A self-contained `evaluate` script: load it with `modeling_veltrix.evaluation.load_metric("frame_quality")`.
+An `evaluate` script (its shared input checks, `trajectory_inputs.py`, are copied along with it): load it with
+`modeling_veltrix.evaluation.load_metric("frame_quality")`.
 """
 
 import datasets
@@ -18,6 +19,8 @@ import evaluate
 import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
+
+from .trajectory_inputs import MetricTexts, TrajectoryFormat, ValidatedTrajectories, per_horizon_mean
 
 PSNR_CAP_DB = 100.0  # the PSNR of frames whose MSE is below 1e-10, identical frames included
 SSIM_WINDOW = 11
@@ -49,96 +52,35 @@ _CITATION = """@article{wang2004ssim,
 }"""
 
 
-def _trajectories(name: str, values) -> list[np.ndarray]:
-    """`values` (a list of per-trajectory arrays/tensors, or one stacked array/tensor) -> (H, C, Hh, W) float32."""
-    if values is None:
-        raise ValueError(f"`{name}` is required, got None.")
-    if hasattr(values, "detach"):  # a torch tensor
-        values = values.detach().cpu().numpy()
-    if isinstance(values, np.ndarray):
-        if values.ndim not in (4, 5):
-            raise ValueError(
-                f"`{name}` must be one (num_trajectories, H, C, Hh, W) or (num_trajectories, H, Hh, W) array or a "
-                f"list of per-trajectory arrays, got an array of shape {values.shape}."
-            )
-        values = list(values)
-    if len(values) == 0:
-        raise ValueError(f"`{name}` must hold at least one trajectory, got 0.")
-    trajectories = []
-    for index, value in enumerate(values):
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        try:
-            array = np.asarray(value, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"`{name}[{index}]` must be a numeric (H, C, Hh, W) array, got {type(value).__name__}: {error}"
-            ) from None
-        if array.ndim == 3:
-            array = array[:, None]  # (H, Hh, W) -> (H, 1, Hh, W)
-        if array.ndim != 4 or array.shape[0] == 0 or min(array.shape[1:]) == 0:
-            raise ValueError(f"`{name}[{index}]` must have shape (H, C, Hh, W) or (H, Hh, W), got {np.shape(value)}.")
-        if min(array.shape[2:]) < SSIM_WINDOW:
-            raise ValueError(
-                f"`{name}[{index}]` must have frames of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels (the SSIM "
-                f"window), got {array.shape[2]}×{array.shape[3]}."
-            )
-        if not np.isfinite(array).all():
-            raise ValueError(
-                f"`{name}[{index}]` must be finite, got {int((~np.isfinite(array)).sum())} NaN/inf values."
-            )
-        if array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(
-                f"`{name}[{index}]` must hold pixels in [0, 1], got values in [{array.min()}, {array.max()}]."
-            )
-        trajectories.append(array)
-    return trajectories
-
-
-def _validated(predictions, references) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    predictions, references = _trajectories("predictions", predictions), _trajectories("references", references)
-    if len(predictions) != len(references):
+def _frames(label: str, array: np.ndarray, value) -> np.ndarray:
+    """(H, C, Hh, W) or (H, Hh, W) -> (H, C, Hh, W), frames at least the SSIM window."""
+    if array.ndim == 3:
+        array = array[:, None]  # (H, Hh, W) -> (H, 1, Hh, W)
+    if array.ndim != 4 or array.shape[0] == 0 or min(array.shape[1:]) == 0:
+        raise ValueError(f"{label} must have shape (H, C, Hh, W) or (H, Hh, W), got {np.shape(value)}.")
+    if min(array.shape[2:]) < SSIM_WINDOW:
         raise ValueError(
-            f"`predictions` and `references` must hold as many trajectories, got {len(predictions)} and "
-            f"{len(references)}."
+            f"{label} must have frames of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels (the SSIM "
+            f"window), got {array.shape[2]}×{array.shape[3]}."
         )
-    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
-        if prediction.shape != reference.shape:
-            raise ValueError(
-                f"`predictions[{index}]` must have the shape of `references[{index}]` {reference.shape}, got "
-                f"{prediction.shape}."
-            )
-    return predictions, references
+    return array
 
 
-def _per_horizon(values: list[np.ndarray]) -> list[float]:
-    """(H_i,) per trajectory -> (max H,) mean over the trajectories that reach each step."""
-    padded = np.full((len(values), max(len(v) for v in values)), np.nan)
-    for index, v in enumerate(values):
-        padded[index, : len(v)] = v
-    return np.nanmean(padded, axis=0).tolist()
-
-
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class FrameQuality(evaluate.Metric):
-    def _info(self):
+class FrameQuality(ValidatedTrajectories, evaluate.Metric):
+    texts = MetricTexts(_DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
+    inputs = TrajectoryFormat(
+        stacked_rank_ok=lambda ndim: ndim in (4, 5),
+        stacked_form=(
+            "one (num_trajectories, H, C, Hh, W) or (num_trajectories, H, Hh, W) array "
+            "or a list of per-trajectory arrays"
+        ),
+        step_shape="(H, C, Hh, W)",
+        dtype=np.float32,
         # (H, C, Hh, W), every size free: nested sequences (an ArrayND feature fixes all but the first size).
-        values = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32")))))
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": values, "references": values}),
-        )
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Validates a batch of trajectories (ValueError naming the argument) and adds it."""
-        predictions, references = _validated(predictions, references)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
-    def add(self, *, prediction=None, reference=None, **kwargs):
-        """Validates one trajectory (ValueError naming the argument) and adds it."""
-        self.add_batch(predictions=[prediction], references=[reference], **kwargs)
+        feature=datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))),
+        shaped=_frames,
+        unit_interval=True,
+    )
 
     def _compute(self, predictions, references):
         predictions = [np.asarray(p, np.float32) for p in predictions]  # (H_i, C, Hh, W) per trajectory
@@ -175,8 +117,8 @@ class FrameQuality(evaluate.Metric):
             for i, values in zip(indices, ssim.double().split([len(predictions[i]) for i in indices]), strict=True):
                 ssims[i] = values.numpy()
         return {
-            "psnr_per_horizon": _per_horizon(psnrs),
-            "ssim_per_horizon": _per_horizon(ssims),
+            "psnr_per_horizon": per_horizon_mean(psnrs),
+            "ssim_per_horizon": per_horizon_mean(ssims),
             "psnr": float(np.mean(np.concatenate(psnrs))),
             "ssim": float(np.mean(np.concatenate(ssims))),
         }
