@@ -1,7 +1,10 @@
 """Evaluation of trained Veltrix pipelines: rollout error per horizon against baselines, read-back of captions and
 audio from encoded and evolved states, image quality, and the pictures of rollouts (GIFs, error plots, the app's
 viewer); the equal-size learned baselines (`baselines`), the rollout metrics as `evaluate` modules
-(`metric_loading.load_metric`) and the suite behind `scripts/evaluate.py` (`suite`)."""
+(`metric_loading.load_metric`) and the suite behind `scripts/evaluate.py` (`suite`).
+
+`metric_loading` (and `suite`, which uses it) are not imported here: they import the `evaluate` library, which a
+script run from `scripts/` would find shadowed by `scripts/evaluate.py`."""
 
 from .baselines import (
     VeltrixBaselineConfig,
@@ -11,7 +14,6 @@ from .baselines import (
     count_parameters,
     matched_baseline_config,
 )
-from .metric_loading import METRIC_NAMES, load_metric
 from .rollouts import (
     PREDICTORS,
     RolloutEvaluation,
@@ -26,13 +28,11 @@ from .rollouts import (
 )
 
 __all__ = [
-    "METRIC_NAMES",
     "VeltrixBaselineConfig",
     "VeltrixGRUPredictor",
     "VeltrixTransformerPredictor",
     "build_baseline",
     "count_parameters",
-    "load_metric",
     "matched_baseline_config",
     "PREDICTORS",
     "RolloutEvaluation",

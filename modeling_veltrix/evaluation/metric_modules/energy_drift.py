@@ -10,7 +10,7 @@ predicted state), t = 1 … H_i:
     final_drift = mean_i d_{i,H_i}              (each trajectory's last step)
 
 An `evaluate` script (its shared input checks, `trajectory_inputs.py`, are copied along with it): load it with
-`modeling_veltrix.evaluation.load_metric("energy_drift")`.
+`modeling_veltrix.evaluation.metric_loading.load_metric("energy_drift")`.
 """
 
 import datasets

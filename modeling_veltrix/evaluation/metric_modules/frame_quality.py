@@ -11,7 +11,7 @@ For trajectory `i` and predicted step `t`, with frames of shape (C, Hh, W):
     psnr, ssim = means over all (i, t)
 
 An `evaluate` script (its shared input checks, `trajectory_inputs.py`, are copied along with it): load it with
-`modeling_veltrix.evaluation.load_metric("frame_quality")`.
+`modeling_veltrix.evaluation.metric_loading.load_metric("frame_quality")`.
 """
 
 import datasets

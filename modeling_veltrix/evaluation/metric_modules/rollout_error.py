@@ -2,7 +2,7 @@
 
 A Hugging Face `evaluate` metric script: evaluate copies it into its module cache together with its shared input
 checks, `trajectory_inputs.py` (neither needs anything from `modeling_veltrix`). Load it with
-`modeling_veltrix.evaluation.load_metric("rollout_error")`.
+`modeling_veltrix.evaluation.metric_loading.load_metric("rollout_error")`.
 
 For trajectory `i` and predicted step `t` (1-based), with `F` values per step (a flattened frame or latent state):
 

@@ -11,7 +11,8 @@ The protocol of Botev et al. 2021, "Which priors matter? Benchmarking models for
 Defaults: `threshold = 0.025`. Reported: `vpt` = median_i VPT_i (the paper's summary), `vpt_mean`,
 `vpt_per_trajectory`, and `normalized_error_per_horizon[t]` = mean_i e_{i,t}. A true frame with mean(x²) = 0 (all
 black) leaves e undefined and raises ValueError. An `evaluate` script (its shared input checks, `trajectory_inputs.py`,
-are copied along with it): load it with `modeling_veltrix.evaluation.load_metric("valid_prediction_time")`.
+are copied along with it): load it with
+`modeling_veltrix.evaluation.metric_loading.load_metric("valid_prediction_time")`.
 """
 
 import evaluate
