@@ -331,10 +331,10 @@ class VeltrixCounterfactualRolloutOutput(VeltrixRolloutOutput):
 
 
 class VeltrixStatePredictorMixin:
-    """What every predictor of the state shares, the evolver and the equal-size baselines of
-    `modeling_veltrix.evaluation.baselines` alike: the checks of trajectories of units, timestamps, actions and
+    """What every predictor of the state shares, the evolver and the equal-size baselines that the evaluation tooling
+    compares it with alike: the checks of trajectories of units, timestamps, actions and
     rollout arguments against `config` (`num_units_per_step`, `unit_dim`, `action_dim`, `dt_reference`), and the
-    velocity parametrisation `S_next = S + Δt · dS/dt` of a zero-initialised `velocity_head` after `norm_f`."""
+    velocity parametrisation `S_next = S + Δt · dS/dt` of a zero-initialised velocity_head` after `norm_f`."""
 
     def _check_units(self, name: str, units: torch.Tensor, steps: bool) -> None:
         expected = (
