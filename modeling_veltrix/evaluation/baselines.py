@@ -19,6 +19,7 @@ past:
 by its MLP width.
 """
 
+import abc
 from dataclasses import dataclass
 
 import torch
@@ -268,7 +269,7 @@ class VeltrixGRUBlock(nn.Module):
         return h + self.down_proj(F.silu(gate) * up), (hidden_state,)
 
 
-class VeltrixBaselinePredictor(VeltrixStatePredictorMixin, VeltrixBaselinePreTrainedModel):
+class VeltrixBaselinePredictor(VeltrixStatePredictorMixin, VeltrixBaselinePreTrainedModel, abc.ABC):
     """What both baselines share: the condition embedding, input projection, final norm and velocity head, teacher
     forcing (`forward`) and open-loop `rollout` from the cache of the context. Subclasses define `_layers_forward`
     over whole trajectories and `_layers_step` for one step."""
@@ -280,15 +281,19 @@ class VeltrixBaselinePredictor(VeltrixStatePredictorMixin, VeltrixBaselinePreTra
         self.norm_f = VeltrixRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.velocity_head = VeltrixZeroInitLinear(config.hidden_size, config.unit_dim)
 
+    @abc.abstractmethod
     def _layers_forward(
         self, hidden: torch.Tensor, condition: torch.Tensor, timestamps: torch.Tensor
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        raise NotImplementedError
+        """The blocks over a whole trajectory: hidden (B, T, U, H), condition (B, T, C), timestamps (B, T) -> hidden
+        and each layer's rollout state after the last step."""
 
+    @abc.abstractmethod
     def _layers_step(
         self, hidden: torch.Tensor, condition: torch.Tensor, timestamp: torch.Tensor, cache: VeltrixBaselineCache
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        raise NotImplementedError
+        """The blocks for one step: hidden (B, U, H), condition (B, C), timestamp (B,) -> hidden and the layers'
+        states with this step added."""
 
     def forward(
         self,
@@ -372,8 +377,9 @@ class VeltrixBaselinePredictor(VeltrixStatePredictorMixin, VeltrixBaselinePreTra
                 use_cache=True,
             ).cache
 
+    @abc.abstractmethod
     def _empty_cache(self, context: torch.Tensor, last_timestamps: torch.Tensor) -> VeltrixBaselineCache:
-        raise NotImplementedError
+        """The cache before any step (a context of one step)."""
 
 
 class VeltrixTransformerPredictor(VeltrixBaselinePredictor):
