@@ -1,4 +1,4 @@
-"""Configuration classes of the Veltrix encoder (MPE) and evolver (TRE).
+"""Configuration classes of the Veltrix encoder (MPE), evolver (TRE) and Engram memory.
 
 Both are `transformers.PreTrainedConfig` dataclasses: every hyper-parameter of the model lives here, is saved
 to `config.json` by `save_pretrained` and validated on construction (a `ValueError` names the argument, what
@@ -13,6 +13,7 @@ MODALITIES = ("frames", "text", "audio")
 ORTHOGONAL_MAPS = ("cayley", "matrix_exp")
 UNIT_MIXERS = ("conv", "attention")
 SCAN_IMPLEMENTATIONS = ("chunked", "sequential")
+MAX_NGRAM_ORDER = 4
 
 
 def _require_positive(name: str, value: float) -> None:
@@ -469,4 +470,164 @@ class VeltrixEvolverConfig(PreTrainedConfig):
         return round(self.num_units_per_step**0.5)
 
 
-__all__ = ["VeltrixEncoderConfig", "VeltrixEvolverConfig"]
+def is_prime(value: int) -> bool:
+    """Whether the int `value` is a prime (trial division; table sizes are small)."""
+    return value >= 2 and all(value % divisor for divisor in range(2, int(value**0.5) + 1))
+
+
+def primes_from(start: int, count: int) -> list[int]:
+    """The `count` smallest primes >= `start`: the sizes of the hash heads' tables (distinct per head)."""
+    primes, candidate = [], max(start, 2)
+    while len(primes) < count:
+        if is_prime(candidate):
+            primes.append(candidate)
+        candidate += 1
+    return primes
+
+
+@strict
+class VeltrixEngramConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`VeltrixEngramModel`], the Engram memory: each step's state is quantized (FSQ of a linear
+    projection) to a code; the n-grams of the last codes are hashed, by several heads into prime-sized tables, to
+    address two memories that share this addressing:
+
+    - the *non-parametric* table (Mem-JEPA): per slot the mean observed next state, its mean step size and a count,
+      filled by one streaming pass over training trajectories; a rollout step whose n-gram is found (count >=
+      `hit_threshold`) is pulled towards the remembered state by a learned gate, `Ŝ = Ŝ_pred + α·(m − Ŝ_pred)`;
+    - the *parametric* tables (Engram, Cheng et al. 2026): learned n-gram embeddings whose keys and values are
+      injected into the evolver's residual stream at `injection_layers`, gated by
+      `σ(RMSNorm(h)·RMSNorm(k)/√H)`, trained end to end with the evolver.
+
+    Args:
+        unit_dim (`int`, *optional*, defaults to 32):
+            Width `D` of the state units (the evolver's and encoder's `unit_dim`).
+        num_units_per_step (`int`, *optional*, defaults to 64):
+            Units `U` per step.
+        fsq_levels (`list[int]`, *optional*, defaults to `[8, 5, 5, 5]`):
+            Levels of the finite scalar quantizer (Mentzer et al. 2023), one per projected dimension; the number of
+            codes is their product. Each level must be >= 3.
+        ngram_orders (`list[int]`, *optional*, defaults to `[1, 2, 3]`):
+            The n-gram orders N (1 … 4) whose keys address the tables, increasing; a lookup backs off from the
+            highest order found to the lowest.
+        num_hash_heads (`int`, *optional*, defaults to 2):
+            Hash heads per order; each has its own multipliers and its own prime table size, and a lookup reads the
+            head whose slot holds the fewest observations (the least collided, as in a count-min sketch).
+        table_size (`int`, *optional*, defaults to 1021):
+            Slots of the non-parametric table: head h gets the h-th prime >= `table_size`.
+        use_table (`bool`, *optional*, defaults to `True`):
+            Whether the model has the non-parametric table and its gate.
+        hit_threshold (`int`, *optional*, defaults to 2):
+            A lookup hits when its slot's count is at least this.
+        gate_hidden_size (`int`, *optional*, defaults to 32):
+            Width of the fusion gate's hidden layer.
+        fixed_gate (`float`, *optional*):
+            When set, every hit fuses with this α instead of the learned gate's (the fixed-gate ablation).
+        bypass_min_count (`int`, *optional*, defaults to 0):
+            A rollout step whose highest-order n-gram hits with at least this count takes the remembered state and
+            skips the evolver's prediction (its recurrent state is still advanced); 0 disables the bypass.
+        injection_layers (`list[int]`, *optional*, defaults to `[]`):
+            Evolver layers before which the parametric memory is added to the residual stream; empty: no parametric
+            memory.
+        embedding_dim (`int`, *optional*, defaults to 16):
+            Width of each (order, head) n-gram embedding of the parametric memory.
+        parametric_table_size (`int`, *optional*, defaults to 1021):
+            Rows per (order, head) of the parametric tables: head h gets the h-th prime >= it.
+        hidden_size (`int`, *optional*, defaults to 64):
+            The evolver's `hidden_size`, which the parametric memory's keys and values have.
+        hash_seed (`int`, *optional*, defaults to 0):
+            Seed of the hash multipliers: a memory built with one seed is addressed only by the same seed.
+        encoder_fingerprint (`str`, *optional*):
+            Fingerprint (`weights_fingerprint`) of the encoder whose states the table holds; a pipeline refuses to
+            combine the memory with another encoder.
+        evolver_fingerprint (`str`, *optional*):
+            Fingerprint of the evolver the gate (and parametric memory) were trained with.
+        rms_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the gate's RMS norms.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear layers and embeddings.
+    """
+
+    model_type = "veltrix_engram"
+
+    unit_dim: int = 32
+    num_units_per_step: int = 64
+    fsq_levels: list[int] | tuple[int, ...] = (8, 5, 5, 5)
+    ngram_orders: list[int] | tuple[int, ...] = (1, 2, 3)
+    num_hash_heads: int = 2
+    table_size: int = 1021
+    use_table: bool = True
+    hit_threshold: int = 2
+    gate_hidden_size: int = 32
+    fixed_gate: float | None = None
+    bypass_min_count: int = 0
+    injection_layers: list[int] | tuple[int, ...] = ()
+    embedding_dim: int = 16
+    parametric_table_size: int = 1021
+    hidden_size: int = 64
+    hash_seed: int = 0
+    encoder_fingerprint: str | None = None
+    evolver_fingerprint: str | None = None
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        for name in (
+            "unit_dim",
+            "num_units_per_step",
+            "num_hash_heads",
+            "table_size",
+            "hit_threshold",
+            "gate_hidden_size",
+            "embedding_dim",
+            "parametric_table_size",
+            "hidden_size",
+            "rms_norm_eps",
+        ):
+            _require_positive(name, getattr(self, name))
+        self.fsq_levels = list(self.fsq_levels)
+        self.ngram_orders = list(self.ngram_orders)
+        self.injection_layers = list(self.injection_layers)
+        if not self.fsq_levels or any(not isinstance(level, int) or level < 3 for level in self.fsq_levels):
+            raise ValueError(f"`fsq_levels` must be a non-empty list of ints >= 3, got {self.fsq_levels}.")
+        orders = self.ngram_orders
+        if not orders or orders != sorted(set(orders)) or not all(1 <= n <= MAX_NGRAM_ORDER for n in orders):
+            raise ValueError(
+                f"`ngram_orders` must be increasing, distinct orders in 1 … {MAX_NGRAM_ORDER}, got {orders}."
+            )
+        layers = self.injection_layers
+        if layers != sorted(set(layers)) or any(layer < 0 for layer in layers):
+            raise ValueError(f"`injection_layers` must be increasing, distinct layer indices >= 0, got {layers}.")
+        if not self.use_table and not layers:
+            raise ValueError("The Engram memory needs `use_table=True` or some `injection_layers`, got neither.")
+        if self.fixed_gate is not None and not 0.0 <= self.fixed_gate <= 1.0:
+            raise ValueError(f"`fixed_gate` must be None or in [0, 1], got {self.fixed_gate}.")
+        if self.bypass_min_count < 0:
+            raise ValueError(f"`bypass_min_count` must be >= 0 (0 disables the bypass), got {self.bypass_min_count}.")
+        super().__post_init__(**kwargs)
+
+    @property
+    def num_codes(self) -> int:
+        """Codes of the quantizer, the product of `fsq_levels`."""
+        product = 1
+        for level in self.fsq_levels:
+            product *= level
+        return product
+
+    @property
+    def max_order(self) -> int:
+        """The highest n-gram order: how many recent codes a rollout keeps."""
+        return max(self.ngram_orders)
+
+    @property
+    def table_primes(self) -> list[int]:
+        """The non-parametric table size of each hash head (distinct primes)."""
+        return primes_from(self.table_size, self.num_hash_heads)
+
+    @property
+    def parametric_primes(self) -> list[int]:
+        """The parametric table size of each hash head (distinct primes)."""
+        return primes_from(self.parametric_table_size, self.num_hash_heads)
+
+
+__all__ = ["VeltrixEncoderConfig", "VeltrixEngramConfig", "VeltrixEvolverConfig"]

@@ -36,6 +36,7 @@ from .input_validation import (
     checks_enabled,
     input_device,
     inputs_checked,
+    same_device,
 )
 from .modulation import modulate
 from .selective_ssm import VeltrixRMSNorm, VeltrixSelectiveSSM
@@ -176,8 +177,10 @@ class VeltrixEvolverBlock(nn.Module):
         gaps: torch.Tensor,
         conv_state: torch.Tensor,
         ssm_state: torch.Tensor,
+        skip_mlp: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U."""
+        """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U. `skip_mlp` leaves out the
+        MLP, which only the output needs (the states are advanced without it)."""
         h, condition, gaps = h[:, None], condition[:, None], gaps[:, None]
         shift_mix, scale_mix, shift_ssm, scale_ssm, shift_mlp, scale_mlp = self._modulation(condition)
         h = h + self._mix_units(h, shift_mix, scale_mix)
@@ -186,7 +189,8 @@ class VeltrixEvolverBlock(nn.Module):
         unit_gaps = gaps.expand(b, u).reshape(b * u)
         ssm_out, conv_state, ssm_state = self.ssm.step(ssm_in, unit_gaps, conv_state, ssm_state)
         h = h + ssm_out.reshape(b, 1, u, hidden)
-        h = h + self._mlp(h, shift_mlp, scale_mlp)
+        if not skip_mlp:
+            h = h + self._mlp(h, shift_mlp, scale_mlp)
         return h[:, 0], conv_state, ssm_state
 
 
@@ -196,17 +200,53 @@ EVOLUTION_MODES = ("free", "conditional", "counterfactual")
 @dataclass
 class VeltrixEvolverCache:
     """Recurrent state of a rollout: per layer a conv state (B·U, conv_dim, conv_kernel - 1) and an SSM state
-    (B·U, heads, head_dim, state_size), plus the time (B,) of the last observed step. Its size does not depend on
-    how many steps have been taken; steps return a new cache and leave the old one valid (branches can share it)."""
+    (B·U, heads, head_dim, state_size), plus the time (B,) of the last observed step, and with an Engram memory the
+    codes of the last steps (B, max_order), newest last. Its size does not depend on how many steps have been taken;
+    steps return a new cache and leave the old one valid (branches can share it)."""
 
     conv_states: list[torch.Tensor]
     ssm_states: list[torch.Tensor]
     last_timestamps: torch.Tensor
+    code_history: torch.Tensor | None = None
 
     def num_bytes(self) -> int:
         """Memory held by the cache's tensors, in bytes."""
         tensors = [*self.conv_states, *self.ssm_states, self.last_timestamps]
+        tensors += [] if self.code_history is None else [self.code_history]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def select(self, rows: torch.Tensor, num_units: int) -> "VeltrixEvolverCache":
+        """The cache of the trajectories `rows` (n,) only (states are batched over B·U, `num_units` per
+        trajectory)."""
+        unit_rows = (rows[:, None] * num_units + torch.arange(num_units, device=rows.device)).flatten()
+        history = None if self.code_history is None else self.code_history[rows]
+        return VeltrixEvolverCache(
+            [state[unit_rows] for state in self.conv_states],
+            [state[unit_rows] for state in self.ssm_states],
+            self.last_timestamps[rows],
+            history,
+        )
+
+    @staticmethod
+    def merge(parts: list[tuple[torch.Tensor, "VeltrixEvolverCache"]], num_units: int) -> "VeltrixEvolverCache":
+        """The cache of a batch whose trajectories `rows` (n,) of each part hold that part's cache (the inverse of
+        `select` over a partition of the batch)."""
+        rows = torch.cat([part_rows for part_rows, _ in parts])
+        order = torch.argsort(rows)
+        unit_order = (order[:, None] * num_units + torch.arange(num_units, device=rows.device)).flatten()
+        caches = [cache for _, cache in parts]
+
+        def joined(tensors: list[torch.Tensor], per_unit: bool) -> torch.Tensor:
+            return torch.cat(tensors)[unit_order if per_unit else order]
+
+        layers = range(len(caches[0].conv_states))
+        history = None if caches[0].code_history is None else joined([c.code_history for c in caches], False)
+        return VeltrixEvolverCache(
+            [joined([c.conv_states[i] for c in caches], True) for i in layers],
+            [joined([c.ssm_states[i] for c in caches], True) for i in layers],
+            joined([c.last_timestamps for c in caches], False),
+            history,
+        )
 
 
 @dataclass(frozen=True)
@@ -309,10 +349,19 @@ class VeltrixRolloutOutput(ModelOutput):
     Args:
         units (`torch.Tensor` of shape `(B, num_steps, U, D)`): the evolved future states.
         timestamps (`torch.Tensor` of shape `(B, num_steps)`): their times in seconds.
+        memory_hits (`torch.Tensor` of shape `(B, num_steps)`, *optional*): with an Engram memory, whether its table
+            remembered the step's n-gram (bool).
+        memory_gates (`torch.Tensor` of shape `(B, num_steps)`, *optional*): the fusion weight α, averaged over
+            units (0 on misses; 1 on bypassed steps).
+        memory_bypassed (`torch.Tensor` of shape `(B, num_steps)`, *optional*): steps that took the remembered state
+            and skipped the evolver's prediction (bool).
     """
 
     units: torch.Tensor | None = None
     timestamps: torch.Tensor | None = None
+    memory_hits: torch.Tensor | None = None
+    memory_gates: torch.Tensor | None = None
+    memory_bypassed: torch.Tensor | None = None
 
 
 @dataclass
@@ -508,6 +557,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         prediction_timestamps: torch.Tensor | None = None,
         use_cache: bool = False,
         return_dict: bool = True,
+        engram: nn.Module | None = None,
     ) -> VeltrixEvolverOutput | tuple:
         r"""
         Args:
@@ -519,26 +569,57 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             prediction_timestamps (`torch.Tensor` of shape `(B, T)`, *optional*): the time each step predicts;
                 defaults to the next timestamp, and for the last step one more interval of the same length.
             use_cache (`bool`): also return the recurrent state after the last step, to continue with `step`.
+            engram (`VeltrixEngramModel`, *optional*): an Engram memory of this evolver; its parametric memory (if
+                any) is added in front of its injection layers, and the cache keeps the codes of the last steps.
         """
         if checks_enabled():
             self._check_forward_inputs(units, timestamps, actions, prediction_timestamps)
+            self._check_engram(engram)
         timestamps, step_sizes = self._teacher_forcing_clock(units, timestamps, prediction_timestamps)
         reference = self.config.dt_reference
         # Times may be float64 (the clock's dtype): differences are taken in it, step sizes cast to the model's.
         gaps = torch.cat([torch.ones_like(timestamps[:, :1]), timestamps.diff(dim=1) / reference], dim=1)
         gaps = gaps.to(units.dtype)
         condition = self.condition_embedding(step_sizes, actions)
+        histories = None if engram is None else engram.histories(engram.codes(units))
+        memory = self._memory(engram, histories)
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if memory is not None and engram.injects_into(index):
+                hidden = hidden + engram.inject(index, hidden, memory)
             hidden, conv_state, ssm_state = layer(hidden, condition, gaps)
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
         predicted, velocities = self._velocity_to_units(units, hidden, step_sizes)
-        cache = VeltrixEvolverCache(conv_states, ssm_states, timestamps[:, -1]) if use_cache else None
+        cache = None
+        if use_cache:
+            history = None if histories is None else histories[:, -1]
+            cache = VeltrixEvolverCache(conv_states, ssm_states, timestamps[:, -1], history)
         if not return_dict:
             return tuple(v for v in (predicted, velocities, cache) if v is not None)
         return VeltrixEvolverOutput(predicted_units=predicted, velocities=velocities, cache=cache)
+
+    @staticmethod
+    def _memory(engram: nn.Module | None, histories: torch.Tensor | None) -> torch.Tensor | None:
+        """The parametric memory's vectors (..., E) of the code histories (..., max_order), or None without one."""
+        if engram is None or not engram.has_parametric_memory:
+            return None
+        return engram.memory_vectors(histories)
+
+    def _check_engram(self, engram: object) -> None:
+        """Requires None or an Engram memory (`VeltrixEngramModel`) that fits this evolver, in its dtype and on its
+        device."""
+        if engram is None:
+            return
+        if not (isinstance(engram, PreTrainedModel) and callable(getattr(engram, "check_fits_evolver", None))):
+            raise ValueError(f"`engram` must be None or a VeltrixEngramModel, got {type(engram).__name__}.")
+        engram.check_fits_evolver(self.config)
+        if engram.dtype != self.dtype or not same_device(engram.device, self.device):
+            raise ValueError(
+                f"`engram` must be in the evolver's dtype and on its device ({self.dtype}, {self.device}), got "
+                f"{engram.dtype} on {engram.device}."
+            )
 
     def _check_step_inputs(
         self,
@@ -547,11 +628,19 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         timestamp: torch.Tensor,
         prediction_timestamp: torch.Tensor,
         actions: torch.Tensor | None,
+        engram: nn.Module | None = None,
     ) -> None:
         """Checks `step`'s inputs."""
         self._check_units("units", units, steps=False)
         b = units.shape[0]
         self._check_cache(cache, b)
+        if engram is not None:
+            history = cache.code_history
+            if history is None:
+                raise ValueError(
+                    "`cache` holds no code history: it was made without an `engram`, so it cannot go on with one."
+                )
+            check_shape("cache.code_history", history, (b, engram.config.max_order), integer=True)
         for name, value in (("timestamp", timestamp), ("prediction_timestamp", prediction_timestamp)):
             self._check_timestamps(name, value, (b,), increasing=False)
         if not bool((timestamp > cache.last_timestamps).all()):
@@ -612,6 +701,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         timestamp: torch.Tensor,
         prediction_timestamp: torch.Tensor,
         actions: torch.Tensor | None = None,
+        engram: nn.Module | None = None,
     ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
         """Feeds one observed (or predicted) state and predicts the next.
 
@@ -621,13 +711,19 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             timestamp: (B,) its time, later than `cache.last_timestamps`.
             prediction_timestamp: (B,) the time to predict, later than `timestamp`.
             actions: (B, A) the actions applied at this step, or `None` for the null condition.
+            engram: an Engram memory, as in `rollout` (the cache must come from a call with the same memory): the
+                step is a rollout step, fused with the memory's recall.
 
         Returns:
             The predicted state (B, U, D) at `prediction_timestamp` and the updated cache (`cache` stays valid).
         """
         if checks_enabled():
-            self._check_step_inputs(units, cache, timestamp, prediction_timestamp, actions)
-        return self._step(units, cache, timestamp, prediction_timestamp, actions)
+            self._check_engram(engram)
+            self._check_step_inputs(units, cache, timestamp, prediction_timestamp, actions, engram)
+        if engram is None:
+            return self._step(units, cache, timestamp, prediction_timestamp, actions)
+        state, cache, _ = self._remembering_step(units, cache, timestamp, prediction_timestamp, actions, engram)
+        return state, cache
 
     def _step(
         self,
@@ -636,20 +732,102 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         timestamp: torch.Tensor,
         prediction_timestamp: torch.Tensor,
         actions: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
-        """`step` without input checks (rollouts check their inputs once)."""
+        engram: nn.Module | None = None,
+        history: torch.Tensor | None = None,
+        predict: bool = True,
+    ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
+        """`step` without input checks (rollouts check their inputs once) and without the memory's recall. With
+        `engram`, `history` (B, max_order) holds the codes up to this step's (the parametric memory reads it, the
+        cache keeps it). `predict=False` only advances the recurrent state: the last layer's MLP and the head, which
+        only the prediction needs, are skipped, and None is returned in its place."""
         reference = self.config.dt_reference
         gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
         step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
         condition = self.condition_embedding(step_sizes, actions)
+        memory = self._memory(engram, None if history is None else history[:, None])
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []
-        for layer, conv_state, ssm_state in zip(self.layers, cache.conv_states, cache.ssm_states, strict=True):
-            hidden, conv_state, ssm_state = layer.step(hidden, condition, gaps, conv_state, ssm_state)
+        last = len(self.layers) - 1
+        for index, (layer, conv_state, ssm_state) in enumerate(
+            zip(self.layers, cache.conv_states, cache.ssm_states, strict=True)
+        ):
+            if memory is not None and engram.injects_into(index):
+                hidden = hidden + engram.inject(index, hidden[:, None], memory)[:, 0]
+            skip_mlp = not predict and index == last
+            hidden, conv_state, ssm_state = layer.step(hidden, condition, gaps, conv_state, ssm_state, skip_mlp)
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
+        cache = VeltrixEvolverCache(conv_states, ssm_states, timestamp, history)
+        if not predict:
+            return None, cache
         predicted, _ = self._velocity_to_units(units[:, None], hidden[:, None], step_sizes[:, None])
-        return predicted[:, 0], VeltrixEvolverCache(conv_states, ssm_states, timestamp)
+        return predicted[:, 0], cache
+
+    def _remembering_step(
+        self,
+        units: torch.Tensor,
+        cache: VeltrixEvolverCache,
+        timestamp: torch.Tensor,
+        prediction_timestamp: torch.Tensor,
+        actions: torch.Tensor | None,
+        engram: nn.Module,
+    ) -> tuple[torch.Tensor, VeltrixEvolverCache, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A rollout step with an Engram memory: the state's code joins the history; the table's recall (if the
+        memory has a table) is fused with the prediction by the gate, and trajectories with a confident hit take the
+        remembered state and only advance their recurrent state (`_step(predict=False)`). Returns the next state
+        (B, U, D), the cache, and per trajectory (hit, mean α, bypassed)."""
+        history = engram.push_codes(cache.code_history, engram.codes(units[:, None])[:, 0])
+        if not engram.has_table:
+            predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
+            missed = torch.zeros(units.shape[0], dtype=torch.bool, device=units.device)
+            return predicted, cache, (missed, torch.zeros_like(missed, dtype=units.dtype), missed)
+        recall = engram.recall(history)
+        bypass = recall.confident
+        if bool(bypass.any()):
+            predicted, cache = self._bypassed_step(
+                units, cache, timestamp, prediction_timestamp, actions, engram, history, bypass
+            )
+        else:
+            predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
+        fused, alpha = engram.anchor(predicted, recall, (prediction_timestamp - timestamp).to(units.dtype))
+        bypassed = bypass[:, None, None]
+        state = torch.where(bypassed, recall.states.to(units.dtype), fused)
+        gate = torch.where(bypass, torch.ones_like(alpha[:, 0, 0]), alpha.mean(dim=(1, 2)))
+        return state, cache, (recall.hits, gate, bypass)
+
+    def _bypassed_step(
+        self,
+        units: torch.Tensor,
+        cache: VeltrixEvolverCache,
+        timestamp: torch.Tensor,
+        prediction_timestamp: torch.Tensor,
+        actions: torch.Tensor | None,
+        engram: nn.Module,
+        history: torch.Tensor,
+        bypass: torch.Tensor,
+    ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
+        """`_step` that predicts for the trajectories not in `bypass` (B,) bool and only advances the recurrent state
+        of the others; their prediction is left as their input state (the caller replaces it)."""
+        units_per_step = self.config.num_units_per_step
+        parts, predicted = [], units.clone()
+        for rows, predict in ((torch.nonzero(~bypass)[:, 0], True), (torch.nonzero(bypass)[:, 0], False)):
+            if rows.numel() == 0:
+                continue
+            part_actions = None if actions is None else actions[rows]
+            state, part_cache = self._step(
+                units[rows],
+                cache.select(rows, units_per_step),
+                timestamp[rows],
+                prediction_timestamp[rows],
+                part_actions,
+                engram,
+                history[rows],
+                predict,
+            )
+            if predict:
+                predicted = predicted.index_copy(0, rows, state)
+            parts.append((rows, part_cache))
+        return predicted, VeltrixEvolverCache.merge(parts, units_per_step)
 
     def _rollout_times(
         self, context: torch.Tensor, timestamps: torch.Tensor | None
@@ -665,11 +843,15 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         return grid, lambda k: torch.full((b,), t - 1 + k, dtype=CLOCK_DTYPE, device=context.device) * interval
 
     def _prefill(
-        self, context: torch.Tensor, context_times: torch.Tensor, actions: torch.Tensor | None
+        self,
+        context: torch.Tensor,
+        context_times: torch.Tensor,
+        actions: torch.Tensor | None,
+        engram: nn.Module | None = None,
     ) -> VeltrixEvolverCache:
         """The cache after all context steps but the last, which the first rollout step feeds (so that a branch can
         fork before it); with a single context step, zero states whose first gap is one reference interval, as in
-        `forward`."""
+        `forward` (and, with `engram`, an empty code history)."""
         b, t = context.shape[:2]
         if t > 1:
             with inputs_checked():
@@ -679,6 +861,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                     actions=None if actions is None else actions[:, : t - 1],
                     prediction_timestamps=context_times[:, 1:],
                     use_cache=True,
+                    engram=engram,
                 ).cache
         rows = b * self.config.num_units_per_step
         conv_states, ssm_states = [], []
@@ -686,7 +869,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             ssm = layer.ssm
             conv_states.append(context.new_zeros(rows, ssm.conv_dim, ssm.conv_kernel - 1))
             ssm_states.append(context.new_zeros(rows, ssm.num_heads, ssm.head_dim, ssm.state_size))
-        return VeltrixEvolverCache(conv_states, ssm_states, context_times[:, 0] - self.config.dt_reference)
+        history = None if engram is None else engram.empty_history(b, context.device)
+        return VeltrixEvolverCache(conv_states, ssm_states, context_times[:, 0] - self.config.dt_reference, history)
 
     def _advance(
         self,
@@ -697,16 +881,24 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         state_deltas: dict[int, torch.Tensor],
         start: int,
         stop: int,
-    ) -> Iterator[tuple[torch.Tensor, VeltrixEvolverCache]]:
+        engram: nn.Module | None = None,
+    ) -> Iterator[tuple[torch.Tensor, VeltrixEvolverCache, tuple[torch.Tensor, ...] | None]]:
         """Open-loop future steps `start, ..., stop - 1`: step k feeds the state (B, U, D) at `time_at(k)` and
-        predicts the one at `time_at(k + 1)` under `actions_at(k)`, then adds `state_deltas.get(k)`; yields the
-        predicted state and the cache after each step."""
+        predicts the one at `time_at(k + 1)` under `actions_at(k)` (fused with `engram`'s recall when given), then
+        adds `state_deltas.get(k)`; yields the predicted state, the cache and, with a memory, (hits, mean α,
+        bypassed) (B,) after each step."""
+        record = None
         for k in range(start, stop):
-            state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k))
+            if engram is None:
+                state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k))
+            else:
+                state, cache, record = self._remembering_step(
+                    state, cache, time_at(k), time_at(k + 1), actions_at(k), engram
+                )
             if k in state_deltas:
                 state = state + state_deltas[k]
             check_rollout_state(state, k)
-            yield state, cache
+            yield state, cache, record
 
     def rollout(
         self,
@@ -716,6 +908,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         timestamps: torch.Tensor | None = None,
         mode: str | None = None,
         interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
+        engram: nn.Module | None = None,
     ) -> VeltrixRolloutOutput | VeltrixCounterfactualRolloutOutput:
         r"""Evolves the state `num_steps` steps past the context, feeding each prediction back (open loop).
 
@@ -737,12 +930,18 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             interventions ([`VeltrixIntervention`] or a list of them, *optional*): the edits of the counterfactual
                 branch (replacement actions and/or a state impulse from a step on); required by, and only used by,
                 `mode="counterfactual"`.
+            engram ([`VeltrixEngramModel`], *optional*): an Engram memory built for this evolver. Its parametric
+                memory (if any) is injected at every step; its table's recall of each step's n-gram of codes is fused
+                with the prediction, `Ŝ = Ŝ_pred + α·(m − Ŝ_pred)`, and confident hits take the remembered state
+                (`bypass_min_count`). The output then carries `memory_hits`, `memory_gates` and `memory_bypassed`
+                of the factual branch.
 
         Returns:
             [`VeltrixRolloutOutput`], or [`VeltrixCounterfactualRolloutOutput`] for `mode="counterfactual"`.
         """
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps, mode, interventions)
+            self._check_engram(engram)
         b, t = context.shape[:2]
         mode, edits = _resolve_mode(mode, actions, interventions), _intervention_list(interventions)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
@@ -750,20 +949,25 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             timestamps = regular_timestamps(b, t + num_steps, self.config.dt_reference, context, CLOCK_DTYPE)
         context_times, time_at = self._rollout_times(context, timestamps)
         actions_at = _actions_at(actions, t)
-        cache = self._prefill(context, context_times, actions)
+        cache = self._prefill(context, context_times, actions, engram)
         fork_step = min((edit.step for edit in edits), default=num_steps)
         fork = (context[:, -1], cache)
-        factual = []
-        steps = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps)
-        for k, (state, cache_after) in enumerate(steps):
+        factual, records = [], []
+        steps = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram)
+        for k, (state, cache_after, record) in enumerate(steps):
             factual.append(state)
+            records.append(record)
             if k + 1 == fork_step:
                 fork = (state, cache_after)
         units = torch.stack(factual, dim=1)
+        memory = {}
+        if engram is not None:
+            hits, gates, bypassed = (torch.stack(values, dim=1) for values in zip(*records, strict=True))
+            memory = {"memory_hits": hits, "memory_gates": gates, "memory_bypassed": bypassed}
         future_times = timestamps[:, t:].to(output_dtype)
         if mode != "counterfactual":
-            return VeltrixRolloutOutput(units=units, timestamps=future_times)
-        branch = self._counterfactual_branch(fork, fork_step, num_steps, edits, time_at, actions_at)
+            return VeltrixRolloutOutput(units=units, timestamps=future_times, **memory)
+        branch = self._counterfactual_branch(fork, fork_step, num_steps, edits, time_at, actions_at, engram)
         counterfactual = torch.cat([units[:, :fork_step], branch], dim=1)
         divergence = (counterfactual - units).pow(2).mean(dim=(2, 3)).sqrt()
         return VeltrixCounterfactualRolloutOutput(
@@ -771,6 +975,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             timestamps=future_times,
             counterfactual_units=counterfactual,
             divergence=divergence,
+            **memory,
         )
 
     def _counterfactual_branch(
@@ -781,6 +986,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         edits: list[VeltrixIntervention],
         time_at: Callable[[int], torch.Tensor],
         actions_at: Callable[[int], torch.Tensor | None],
+        engram: nn.Module | None = None,
     ) -> torch.Tensor:
         """The counterfactual states (B, num_steps - fork_step, U, D) of future steps `fork_step` on, from `fork`
         (the state and cache that step feeds), under the factual `actions_at` as edited by `edits`."""
@@ -797,8 +1003,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             if edit.state_delta is not None:
                 previous = state_deltas.get(edit.step)
                 state_deltas[edit.step] = edit.state_delta if previous is None else previous + edit.state_delta
-        branch = self._advance(*fork, time_at, edited_actions_at, state_deltas, fork_step, num_steps)
-        return torch.stack([state for state, _ in branch], dim=1)
+        branch = self._advance(*fork, time_at, edited_actions_at, state_deltas, fork_step, num_steps, engram)
+        return torch.stack([state for state, _, _ in branch], dim=1)
 
     def rollout_stream(
         self,
@@ -806,6 +1012,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         num_steps: int,
         actions: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
+        engram: nn.Module | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         r"""`rollout` (free or conditional) one future state at a time, in memory independent of the horizon: only
         the cache and the current state are held, and each state is handed to the caller.
@@ -815,12 +1022,13 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         """
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps)
+            self._check_engram(engram)
         t = context.shape[1]
         context_times, time_at = self._rollout_times(context, timestamps)
-        cache = self._prefill(context, context_times, actions)
-        states = self._advance(context[:, -1], cache, time_at, _actions_at(actions, t), {}, 0, num_steps)
+        cache = self._prefill(context, context_times, actions, engram)
+        states = self._advance(context[:, -1], cache, time_at, _actions_at(actions, t), {}, 0, num_steps, engram)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
-        return ((time_at(k + 1).to(output_dtype), state) for k, (state, _) in enumerate(states))
+        return ((time_at(k + 1).to(output_dtype), state) for k, (state, _, _) in enumerate(states))
 
 
 def midpoint_rollout(
