@@ -228,7 +228,7 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         (B, T) int64). The reconstruction has a straight-through gradient (the quantizer's training signal)."""
         if checks_enabled():
             self._check_units("units", units, leading=2)
-        reconstruction, codes = self.quantizer(self.standardise(units).float())
+        reconstruction, codes = self.quantizer(self.standardise(units))
         return reconstruction.to(units.dtype), codes.long()
 
     def codes(self, units: torch.Tensor) -> torch.Tensor:
