@@ -1,8 +1,9 @@
 """Veltrix: a latent world model that evolves a world state instead of predicting the next token.
 
 Importing the package registers
-- the encoder, the evolver and the root `VeltrixWorldModel` with `AutoConfig` / `AutoModel`, and the encoder and
-  evolver for auto classes, so that their saved folders carry an `auto_map` and their code;
+- the encoder, the evolver, the Engram memory and the root `VeltrixWorldModel` with `AutoConfig` / `AutoModel`, and
+  the encoder, evolver and Engram memory for auto classes, so that their saved folders carry an `auto_map` and their
+  code;
 - the component classes with `VeltrixPipeline`, which then loads saved folders with this installed code;
 - the `world-rollout` task of `transformers.pipeline()`, which then needs no `trust_remote_code`.
 
@@ -16,9 +17,10 @@ The package root holds the model, exactly what a saved folder carries; the subpa
 from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEvolverConfig
+from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEngramConfig, VeltrixEvolverConfig
 from .modeling_veltrix_decoder import VeltrixDecoderModel, VeltrixDecoderOutput, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel, VeltrixEncoderOutput
+from .modeling_veltrix_engram import VeltrixEngramModel, VeltrixEngramRecall
 from .modeling_veltrix_evolver import (
     VeltrixCounterfactualRolloutOutput,
     VeltrixEvolverCache,
@@ -29,11 +31,12 @@ from .modeling_veltrix_evolver import (
 )
 from .pipeline_veltrix import VeltrixPipeline, VeltrixPipelineOutput, VeltrixWorldModel
 from .pipeline_world_rollout import TASK, VeltrixWorldConfig, VeltrixWorldRolloutPipeline
-from .weights_check import VeltrixRepositoryError
+from .weights_check import VeltrixRepositoryError, weights_fingerprint
 
 for _config_class, _model_class in (
     (VeltrixEncoderConfig, VeltrixEncoderModel),
     (VeltrixEvolverConfig, VeltrixEvolverModel),
+    (VeltrixEngramConfig, VeltrixEngramModel),
     (VeltrixWorldConfig, VeltrixWorldModel),
 ):
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
@@ -41,10 +44,11 @@ for _config_class, _model_class in (
 for _config_class, _model_class in (
     (VeltrixEncoderConfig, VeltrixEncoderModel),
     (VeltrixEvolverConfig, VeltrixEvolverModel),
+    (VeltrixEngramConfig, VeltrixEngramModel),
 ):
     _config_class.register_for_auto_class()
     _model_class.register_for_auto_class("AutoModel")
-for _model_class in (VeltrixEncoderModel, VeltrixEvolverModel, VeltrixDecoderModel):
+for _model_class in (VeltrixEncoderModel, VeltrixEvolverModel, VeltrixEngramModel, VeltrixDecoderModel):
     VeltrixPipeline.register_component_class(_model_class)
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VeltrixWorldRolloutPipeline, pt_model=AutoModel, type="video")
 
@@ -56,6 +60,9 @@ __all__ = [
     "VeltrixEncoderConfig",
     "VeltrixEncoderModel",
     "VeltrixEncoderOutput",
+    "VeltrixEngramConfig",
+    "VeltrixEngramModel",
+    "VeltrixEngramRecall",
     "VeltrixEvolverCache",
     "VeltrixEvolverConfig",
     "VeltrixEvolverModel",
@@ -69,4 +76,5 @@ __all__ = [
     "VeltrixWorldModel",
     "VeltrixWorldRolloutPipeline",
     "flow_matching_loss",
+    "weights_fingerprint",
 ]

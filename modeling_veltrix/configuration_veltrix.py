@@ -14,6 +14,7 @@ ORTHOGONAL_MAPS = ("cayley", "matrix_exp")
 UNIT_MIXERS = ("conv", "attention")
 SCAN_IMPLEMENTATIONS = ("chunked", "sequential")
 MAX_NGRAM_ORDER = 4
+TABLE_VALUES = ("next_state", "delta")
 
 
 def _require_positive(name: str, value: float) -> None:
@@ -517,6 +518,10 @@ class VeltrixEngramConfig(PreTrainedConfig):
             Slots of the non-parametric table: head h gets the h-th prime >= `table_size`.
         use_table (`bool`, *optional*, defaults to `True`):
             Whether the model has the non-parametric table and its gate.
+        table_value (`str`, *optional*, defaults to `"next_state"`):
+            What a slot remembers: `"next_state"` (the mean observed next state, which pulls a drifting rollout back
+            to states seen in training) or `"delta"` (the mean change over a step, applied to the current state and
+            scaled by the step size relative to the remembered one).
         hit_threshold (`int`, *optional*, defaults to 2):
             A lookup hits when its slot's count is at least this.
         gate_hidden_size (`int`, *optional*, defaults to 32):
@@ -557,6 +562,7 @@ class VeltrixEngramConfig(PreTrainedConfig):
     num_hash_heads: int = 2
     table_size: int = 1021
     use_table: bool = True
+    table_value: str = "next_state"
     hit_threshold: int = 2
     gate_hidden_size: int = 32
     fixed_gate: float | None = None
@@ -590,6 +596,7 @@ class VeltrixEngramConfig(PreTrainedConfig):
         self.injection_layers = list(self.injection_layers)
         if not self.fsq_levels or any(not isinstance(level, int) or level < 3 for level in self.fsq_levels):
             raise ValueError(f"`fsq_levels` must be a non-empty list of ints >= 3, got {self.fsq_levels}.")
+        _require_choice("table_value", self.table_value, TABLE_VALUES)
         orders = self.ngram_orders
         if not orders or orders != sorted(set(orders)) or not all(1 <= n <= MAX_NGRAM_ORDER for n in orders):
             raise ValueError(

@@ -5,7 +5,8 @@ al. 2023, from `vector-quantize-pytorch`) to one code. The n-grams of the last N
 hashed by several heads (random odd multipliers per position, XOR-mixed, modulo a distinct prime per head) into
 tables shared by two memories:
 
-- the non-parametric table (the Mem-JEPA note): per slot the mean observed next state, its mean step size, a count,
+- the non-parametric table (the Mem-JEPA note): per slot the mean observed next state (or, with
+  `table_value="delta"`, the mean change over a step), its mean step size, a count,
   the fingerprint of the first key stored there and whether another key collided into it. `recall` reads, per order,
   the head with the fewest observations (count-min) and backs off from the highest order that hits;
   `anchor` fuses the evolver's prediction with the remembered state, `Ŝ = Ŝ_pred + α·(m − Ŝ_pred)`, α from a small
@@ -16,7 +17,6 @@ tables shared by two memories:
 The evolver drives both (`VeltrixEvolverModel.forward/rollout(..., engram=)`); this module imports no evolver code.
 """
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -30,24 +30,11 @@ from vector_quantize_pytorch import FSQ
 
 from .configuration_veltrix import VeltrixEngramConfig
 from .input_validation import check_shape, checks_enabled, input_device
-from .weights_check import VeltrixCheckedLoadingMixin
+from .weights_check import VeltrixCheckedLoadingMixin, weights_fingerprint
 
 # Multipliers stay below 2**31 and shifted codes below 2**17, so every product fits int64 exactly.
 MULTIPLIER_BITS = 31
 MISSING_CODE = -1
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short SHA-256 of `model`'s parameters and persistent buffers (names, shapes, values cast to float16, so that
-    a float32 model and its float16 copy agree): what an Engram memory records of the models it was built for."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        values = tensor.detach().cpu()
-        values = values.to(torch.float16) if values.is_floating_point() else values
-        digest.update(values.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -56,7 +43,8 @@ class VeltrixEngramRecall(ModelOutput):
     What the non-parametric table remembers after a history of codes, per trajectory.
 
     Args:
-        states (`torch.Tensor` of shape `(B, U, D)`): the remembered next state (zeros on a miss).
+        states (`torch.Tensor` of shape `(B, U, D)`): the remembered next state (zeros on a miss); with
+            `table_value="delta"`, the current state moved by the remembered change.
         counts (`torch.Tensor` of shape `(B,)`): observations behind it (0 on a miss).
         orders (`torch.Tensor` of shape `(B,)`): the n-gram order that hit (0 on a miss).
         step_sizes (`torch.Tensor` of shape `(B,)`): the mean step size (seconds) of those observations.
@@ -274,10 +262,16 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         padded = torch.cat([start, codes], dim=1)
         return padded.unfold(1, self.config.max_order, 1)[:, 1:]
 
-    def recall(self, history: torch.Tensor) -> VeltrixEngramRecall:
+    def recall(
+        self, history: torch.Tensor, state: torch.Tensor | None = None, step_sizes: torch.Tensor | None = None
+    ) -> VeltrixEngramRecall:
         """history (B, max_order) of codes, newest last -> what the table remembers after it (see
-        [`VeltrixEngramRecall`])."""
+        [`VeltrixEngramRecall`]). With `table_value="delta"` the remembered next state is `state` (B, U, D) plus the
+        remembered change scaled by `step_sizes` (B,) (seconds) over the remembered step size; both are required
+        then."""
         config = self.config
+        if config.table_value == "delta" and (state is None or step_sizes is None):
+            raise ValueError("`state` and `step_sizes` are required by recall with table_value='delta', got None.")
         keys, valid = self.ngram_keys(history)  # (B, O, H + 1), (B, O)
         slots = self.slots(keys)  # (B, O, H)
         orders, heads = len(config.ngram_orders), config.num_hash_heads
@@ -297,6 +291,10 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         rows = torch.arange(history.shape[0], device=history.device)
         order_pick, head_pick, slot_pick = order_only[rows, chosen], best_head[rows, chosen], best_slot[rows, chosen]
         states = self.table_states[order_pick, head_pick, slot_pick] * hits[:, None]
+        remembered_steps = self.table_step_sizes[order_pick, head_pick, slot_pick] * hits
+        if config.table_value == "delta":
+            scale = step_sizes.to(states.dtype) / remembered_steps.clamp(min=torch.finfo(states.dtype).tiny)
+            states = (state.flatten(1) + states * scale[:, None]) * hits[:, None]
         fingerprint = self.table_fingerprints[order_pick, head_pick, slot_pick]
         foreign = hits & (fingerprint != keys[rows, chosen, -1])
         counts_hit = count[rows, chosen] * hits
@@ -306,7 +304,7 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
             states=states.reshape(-1, config.num_units_per_step, config.unit_dim),
             counts=counts_hit,
             orders=torch.tensor(config.ngram_orders, device=history.device)[chosen] * hits,
-            step_sizes=self.table_step_sizes[order_pick, head_pick, slot_pick] * hits,
+            step_sizes=remembered_steps,
             hits=hits,
             foreign=foreign,
             confident=confident,

@@ -781,7 +781,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
             missed = torch.zeros(units.shape[0], dtype=torch.bool, device=units.device)
             return predicted, cache, (missed, torch.zeros_like(missed, dtype=units.dtype), missed)
-        recall = engram.recall(history)
+        step_sizes = (prediction_timestamp - timestamp).to(units.dtype)
+        recall = engram.recall(history, units, step_sizes)
         bypass = recall.confident
         if bool(bypass.any()):
             predicted, cache = self._bypassed_step(
@@ -789,7 +790,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             )
         else:
             predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
-        fused, alpha = engram.anchor(predicted, recall, (prediction_timestamp - timestamp).to(units.dtype))
+        fused, alpha = engram.anchor(predicted, recall, step_sizes)
         bypassed = bypass[:, None, None]
         state = torch.where(bypassed, recall.states.to(units.dtype), fused)
         gate = torch.where(bypass, torch.ones_like(alpha[:, 0, 0]), alpha.mean(dim=(1, 2)))

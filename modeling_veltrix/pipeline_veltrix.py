@@ -1,9 +1,9 @@
 """`VeltrixPipeline`: observe frames, evolve the world state, render the future; and `VeltrixWorldModel`, the same
 pipeline as one transformers model for `AutoModel` and `pipeline("world-rollout")`.
 
-encoder (MPE) -> evolver (TRE, open-loop rollout) -> decoder (MGD, flow matching sampled with
-`FlowMatchEulerDiscreteScheduler`). Every future frame of every trajectory is decoded in one batch per Euler
-step.
+encoder (MPE) -> evolver (TRE, open-loop rollout, anchored by the optional Engram memory) -> decoder (MGD, flow
+matching sampled with `FlowMatchEulerDiscreteScheduler`). Every future frame of every trajectory is decoded in one
+batch per Euler step.
 
 This file imports only model modules: flattened with its relative imports, it becomes the root pipeline file of a
 saved folder. It imports no component class: the components load with the classes that the installed package
@@ -18,6 +18,7 @@ import importlib
 import inspect
 import os
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import entry_points
 from types import SimpleNamespace
 from typing import ClassVar
@@ -55,9 +56,12 @@ from .repository_check import (
     check_repository,
     component_entries,
     content_save_id,
+    engram_mismatches,
+    loaded_fingerprint,
     resaved_since,
     resolve_repository,
     save_in_progress,
+    saved_fingerprint,
     stamp_saved_folder,
     write_folder_atomically,
 )
@@ -121,6 +125,9 @@ class VeltrixPipelineOutput(BaseOutput):
             `frames` and `units` are then the factual branch.
         divergence (`torch.Tensor` of shape `(B, num_future_steps)`, *optional*): with `mode="counterfactual"`, the
             root-mean-square difference of the two branches' units per step.
+        memory_hits (`torch.Tensor` of shape `(B, num_future_steps)`, *optional*): with the Engram memory in use
+            (`use_engram`), whether its table remembered each future step's n-gram of codes (bool; of the factual
+            branch with `mode="counterfactual"`); `None` without it.
     """
 
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
@@ -132,6 +139,7 @@ class VeltrixPipelineOutput(BaseOutput):
     counterfactual_frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None = None
     counterfactual_units: torch.Tensor | None = None
     divergence: torch.Tensor | None = None
+    memory_hits: torch.Tensor | None = None
 
 
 class VeltrixPipeline(DiffusionPipeline):
@@ -142,6 +150,10 @@ class VeltrixPipeline(DiffusionPipeline):
         evolver ([`VeltrixEvolverModel`]): evolves the units through time.
         decoder ([`VeltrixDecoderModel`]): renders a step's units as a frame.
         scheduler ([`FlowMatchEulerDiscreteScheduler`]): the flow-matching sampler of the decoder.
+        engram ([`VeltrixEngramModel`], *optional*): an Engram memory built for this encoder and evolver, which
+            anchors the rollout (`use_engram` of a call). It must fit the evolver (`check_fits_evolver`) and, where
+            its configuration records them, the fingerprints of the encoder and evolver it was built for
+            (`weights_fingerprint`), or a `ValueError` names what was expected and what came.
         default_num_future_steps (`int`, defaults to 8): `num_future_steps` of a call that does not give it.
         default_num_inference_steps (`int`, defaults to 8): `num_inference_steps` of a call that does not give it.
 
@@ -149,6 +161,10 @@ class VeltrixPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "encoder->evolver->decoder"
+    _optional_components: ClassVar[list[str]] = ["engram"]
+    # The evolver calls the memory's methods (not its `forward`) at every step, which offload hooks do not see: it
+    # stays on the execution device instead of joining the offload sequence.
+    _exclude_from_cpu_offload: ClassVar[list[str]] = ["engram"]
     # Component classes that `from_pretrained` loads with, by class name; `modeling_veltrix/__init__.py` registers
     # the package's. A Hub repository's copy of this file registers none and loads the repository's own code.
     _installed_component_classes: ClassVar[dict[str, type]] = {}
@@ -159,6 +175,7 @@ class VeltrixPipeline(DiffusionPipeline):
         evolver: PreTrainedModel,
         decoder: ModelMixin,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        engram: PreTrainedModel | None = None,
         default_num_future_steps: int = 8,
         default_num_inference_steps: int = 8,
     ):
@@ -170,11 +187,26 @@ class VeltrixPipeline(DiffusionPipeline):
                 f"`scheduler` must be a FlowMatchEulerDiscreteScheduler (the decoder is a flow-matching model), "
                 f"got {type(scheduler).__name__}."
             )
-        self.register_modules(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler)
+        self.check_engram(engram, encoder, evolver)
+        self.register_modules(encoder=encoder, evolver=evolver, decoder=decoder, scheduler=scheduler, engram=engram)
         self.register_to_config(
             default_num_future_steps=default_num_future_steps, default_num_inference_steps=default_num_inference_steps
         )
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+
+    @staticmethod
+    def check_engram(engram: object, encoder: PreTrainedModel, evolver: PreTrainedModel) -> None:
+        """Requires `engram` None or an Engram memory that fits `evolver` and, where it records their fingerprints,
+        was built for these `encoder` and `evolver` (`engram_mismatches`); raises a `ValueError` naming what was
+        expected and what came."""
+        if engram is None:
+            return
+        if not (isinstance(engram, PreTrainedModel) and callable(getattr(engram, "check_fits_evolver", None))):
+            raise ValueError(f"`engram` must be None or a VeltrixEngramModel, got {type(engram).__name__}.")
+        models = {"encoder": encoder, "evolver": evolver}
+        mismatches = engram_mismatches(engram, evolver.config, partial(loaded_fingerprint, models))
+        if mismatches:
+            raise ValueError(" ".join(mismatches))
 
     @classmethod
     def register_component_class(cls, component_class: type) -> None:
@@ -248,22 +280,30 @@ class VeltrixPipeline(DiffusionPipeline):
         index = check_repository(folder)
         if cls._installed_component_classes:  # this code loads the pipeline (a folder's own copy registers none)
             cls._saved_settings(folder, index)
-        configs = {}
+        configs, weights = {}, {}
         for name, (library, class_name) in component_entries(index, os.path.join(folder, MODEL_INDEX)).items():
             component_class = cls._installed_component_classes.get(class_name)
             if library in LIBRARIES or component_class is None:
                 continue
             check_component_config(folder, name, component_class)
-            check_finite_file(component_class.check_saved_weights(os.path.join(folder, name)))
-            if issubclass(component_class, PreTrainedModel):
-                configs[name] = SimpleNamespace(
-                    config=component_class.config_class.from_pretrained(folder, subfolder=name)
-                )
-            else:
+            weights[name] = component_class.check_saved_weights(os.path.join(folder, name))
+            check_finite_file(weights[name])
+            if not issubclass(component_class, PreTrainedModel):
                 configs[name] = SimpleNamespace(
                     config=SimpleNamespace(**component_class.load_config(folder, subfolder=name))
                 )
-        check_components_fit(folder, configs)
+                continue
+            config = component_class.config_class.from_pretrained(folder, subfolder=name)
+            if callable(getattr(component_class, "check_fits_evolver", None)):
+                with torch.device("meta"):  # the Engram memory checks its fit itself; on meta, nothing is allocated
+                    configs[name] = component_class(config)
+            else:
+                configs[name] = SimpleNamespace(config=config)
+
+        def fingerprint_of(name: str) -> str | None:
+            return saved_fingerprint(weights[name]) if weights.get(name) else None
+
+        check_components_fit(folder, configs, fingerprint_of)
 
     @classmethod
     def _load_checked(
@@ -277,12 +317,14 @@ class VeltrixPipeline(DiffusionPipeline):
             pipeline = DiffusionPipeline.from_pretrained(
                 folder, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype
             )
-        else:
-            components = cls._load_installed_components(folder, entries, strict_weights)
-            pipeline = cls(**components, **cls._saved_settings(folder, index))
-            if torch_dtype is not None:
-                pipeline.to(dtype=torch_dtype)
-        check_components_fit(folder, pipeline.components)
+            check_components_fit(folder, pipeline.components)
+            return pipeline
+        components = cls._load_installed_components(folder, entries, strict_weights)
+        # Before the constructor, whose own check of the Engram memory would raise a `ValueError` naming no file.
+        check_components_fit(folder, components)
+        pipeline = cls(**components, **cls._saved_settings(folder, index))
+        if torch_dtype is not None:
+            pipeline.to(dtype=torch_dtype)
         return pipeline
 
     @classmethod
@@ -500,6 +542,7 @@ class VeltrixPipeline(DiffusionPipeline):
         output_modalities: tuple[str, ...] = ("frames",),
         mode: str | None = None,
         interventions: object = None,
+        use_engram: bool | None = None,
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
@@ -530,6 +573,10 @@ class VeltrixPipeline(DiffusionPipeline):
             interventions ([`VeltrixIntervention`] or a list of them, *optional*): the edits of the counterfactual
                 branch (replacement future actions and/or a state impulse from a future step on). Both branches are
                 rendered from the same noise, so their frames differ only by the intervention's effect.
+            use_engram (`bool`, *optional*): whether the rollout is anchored by the pipeline's Engram memory (see
+                `VeltrixEvolverModel.rollout(engram=)`); `out.memory_hits` then tells which future steps it
+                remembered. Defaults to using the memory when the pipeline has one; `True` without one raises a
+                `ValueError`, `False` rolls out as a pipeline without memory does.
 
         Floating inputs of any floating dtype are converted to the components' dtype (timestamps to float64) before
         they are checked; `out.timestamps` comes back in the dtype of the given timestamps. Every input is checked
@@ -544,6 +591,7 @@ class VeltrixPipeline(DiffusionPipeline):
         >>> out.captions[0][0], out.audio_codes.shape  # ("the red ball hits the left wall. ...", (B, 8, K))
         ```
         """
+        engram = self.memory_for_call(use_engram)
         if num_future_steps is None:
             num_future_steps = self.config.default_num_future_steps
         if num_inference_steps is None:
@@ -591,6 +639,7 @@ class VeltrixPipeline(DiffusionPipeline):
                 timestamps=timestamps,
                 mode=mode,
                 interventions=interventions,
+                engram=engram,
             )
             units = rollout.units
             future_timestamps = rollout.timestamps.to(
@@ -617,9 +666,10 @@ class VeltrixPipeline(DiffusionPipeline):
             "counterfactual_units": counterfactual_units,
             "divergence": getattr(rollout, "divergence", None),
         }
+        memory_hits = None if engram is None else rollout.memory_hits
         if not return_dict:
             # Those asked for, in this order.
-            extras = (captions, future_audio_features, future_audio_codes, *counterfactual.values())
+            extras = (captions, future_audio_features, future_audio_codes, *counterfactual.values(), memory_hits)
             return images, units, future_timestamps, *(value for value in extras if value is not None)
         return VeltrixPipelineOutput(
             frames=images,
@@ -629,7 +679,29 @@ class VeltrixPipeline(DiffusionPipeline):
             audio_features=future_audio_features,
             audio_codes=future_audio_codes,
             **counterfactual,
+            memory_hits=memory_hits,
         )
+
+    def memory_for_call(self, use_engram: bool | None) -> nn.Module | None:
+        """The Engram memory that a call with `use_engram` rolls out with: the pipeline's (None without one) when
+        `use_engram` is None, the pipeline's for True, None for False. Raises a `ValueError` naming `use_engram` when
+        it is not None or a bool, or True for a pipeline without memory, and naming `engram` when the memory is not
+        in the evolver's dtype (the rollout runs without the evolver's own checks)."""
+        if use_engram is not None and not isinstance(use_engram, bool):
+            raise ValueError(f"`use_engram` must be None or a bool, got {use_engram!r}.")
+        if use_engram and self.engram is None:
+            raise ValueError(
+                "`use_engram=True` needs a pipeline with an Engram memory (its `engram` component), but this "
+                "pipeline has none; got use_engram=True."
+            )
+        if use_engram is False or self.engram is None:
+            return None
+        if self.engram.dtype != self.evolver.dtype:
+            raise ValueError(
+                f"`engram` must be in the evolver's dtype {self.evolver.dtype}, got {self.engram.dtype}: move the "
+                "whole pipeline with `.to()`."
+            )
+        return self.engram
 
     def render_rollout(
         self,

@@ -35,7 +35,8 @@ def check_trajectory_input(name: str, value: object, ndim: int, batched: bool, f
 
 class VeltrixWorldRolloutPipeline(Pipeline):
     r"""Context frames in, future frames out: `rollout(pixel_values, actions=None, timestamps=None,
-    num_future_steps=None, num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",))`.
+    num_future_steps=None, num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",),
+    use_engram=None)`.
 
     `pixel_values` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
     (`(T + n, A)` or `(B, T + n, A)`) and `timestamps` (`(T + n,)` or `(B, T + n)`, seconds) cover context and future
@@ -44,7 +45,9 @@ class VeltrixWorldRolloutPipeline(Pipeline):
     of `n` PIL images, an array `(n, H, W, C)` or a tensor `(n, C, H, W)`, in [0, 1] for the last two), a batch gives
     a list of such dicts. With `"text"` / `"audio"` in `output_modalities` (an encoder that models them), each dict
     also holds `"captions"` (`n` strings) / `"audio_features"` `(n, K, V)` and `"audio_codes"` `(n, K)`, read from the
-    evolved states; without `"frames"`, no frames are rendered (`"frames"` is `None`).
+    evolved states; without `"frames"`, no frames are rendered (`"frames"` is `None`). `use_engram` is the
+    pipeline's: by default a folder with an Engram memory rolls out with it, and each dict then also holds
+    `"memory_hits"` `(n,)` (bool), the future steps the memory remembered.
     """
 
     _load_tokenizer = False
@@ -62,6 +65,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         seed: int | None = None,
         output_type: str | None = None,
         output_modalities: tuple[str, ...] | None = None,
+        use_engram: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         if output_type is not None and output_type not in TASK_OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {TASK_OUTPUT_TYPES}, got {output_type!r}.")
@@ -71,6 +75,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         forward = {"num_future_steps": num_future_steps, "num_inference_steps": num_inference_steps, "seed": seed}
         forward["output_type"] = output_type or "pil"
         forward["output_modalities"] = ("frames",) if output_modalities is None else output_modalities
+        forward["use_engram"] = use_engram
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     def preprocess(
@@ -97,6 +102,7 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         seed: int | None,
         output_type: str,
         output_modalities: tuple[str, ...],
+        use_engram: bool | None,
     ) -> dict:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         out = self.model(
@@ -108,10 +114,11 @@ class VeltrixWorldRolloutPipeline(Pipeline):
             generator=generator,
             output_type=output_type,
             output_modalities=output_modalities,
+            use_engram=use_engram,
         )
         per_trajectory = {
             name: getattr(out, name)
-            for name in ("frames", "timestamps", "captions", "audio_features", "audio_codes")
+            for name in ("frames", "timestamps", "captions", "audio_features", "audio_codes", "memory_hits")
             if getattr(out, name) is not None
         }
         return {"outputs": per_trajectory, "batch_size": len(out.timestamps), "batched": model_inputs["batched"]}

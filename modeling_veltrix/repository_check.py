@@ -12,6 +12,8 @@ code files with its Hub export):
     pipeline_veltrix.py       the root pipeline file (diffusers' custom pipeline, the transformers `auto_map` target)
     config.json               `VeltrixWorldConfig`: `auto_map` and `custom_pipelines` for `pipeline(model=folder)`
     encoder/, evolver/        config.json (`auto_map`), model.safetensors, the component's own code file
+    engram/                   the same, for a pipeline with an Engram memory (else `"engram": [null, null]` in
+                              model_index.json)
     decoder/                  config.json, diffusion_pytorch_model.safetensors, its code file
     scheduler/                scheduler_config.json
 """
@@ -23,11 +25,15 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace
 
 from huggingface_hub import snapshot_download
+from safetensors.torch import load_file
+from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .weights_check import VeltrixRepositoryError, check_safetensors
+from .weights_check import VeltrixRepositoryError, check_safetensors, weights_fingerprint
 
 HUB_FORMAT = 1  # the layout version written to model_index.json; a loader reads layouts up to its own
 FORMAT_KEY = "_veltrix_format"
@@ -340,14 +346,66 @@ def component_mismatches(configs: dict[str, object]) -> list[tuple[str, str]]:
     return found
 
 
-def check_components_fit(folder: str, components: dict[str, object]) -> None:
+# What an Engram memory's configuration records of the models it was built for: (setting, component).
+ENGRAM_FINGERPRINTS = (("encoder_fingerprint", "encoder"), ("evolver_fingerprint", "evolver"))
+
+
+def engram_mismatches(
+    engram: object, evolver_config: object | None, fingerprint_of: Callable[[str], str | None]
+) -> list[str]:
+    """A message for every way the Engram memory `engram` (a `VeltrixEngramModel`, possibly on the meta device) does
+    not fit the pipeline it is given to: the state shape, and the injection layers and hidden width of its parametric
+    memory, against the evolver of `evolver_config` (`engram.check_fits_evolver`; not checked without an evolver), and
+    each fingerprint it records (`ENGRAM_FINGERPRINTS`, when set) against `fingerprint_of(component)`, the
+    `weights_fingerprint` of the pipeline's component (None: no such component). `fingerprint_of` is called only for
+    the fingerprints the memory records (it hashes every weight)."""
+    found = []
+    if evolver_config is not None:
+        try:
+            engram.check_fits_evolver(evolver_config)
+        except ValueError as error:
+            found.append(str(error))
+    for key, name in ENGRAM_FINGERPRINTS:
+        expected = getattr(engram.config, key, None)
+        got = None if expected is None else fingerprint_of(name)
+        if got is not None and got != expected:
+            found.append(
+                f"`engram.{key}` is {expected!r}: the memory was built for the {name} of that weights_fingerprint, "
+                f"but the {name} given has weights_fingerprint {got!r}. Use the {name} it was built for, or rebuild "
+                f"the memory for this {name}."
+            )
+    return found
+
+
+def loaded_fingerprint(components: dict[str, object], name: str) -> str | None:
+    """The `weights_fingerprint` of the loaded model `components[name]`; None where there is no such model."""
+    model = components.get(name)
+    return weights_fingerprint(model) if isinstance(model, nn.Module) else None
+
+
+def saved_fingerprint(paths: list[str]) -> str:
+    """The `weights_fingerprint` of the model saved as the safetensors files `paths` (its shards), read from the
+    files: a model whose weights matched them tensor for tensor (`check_saved_weights`) has exactly these tensors."""
+    tensors = {}
+    for path in paths:
+        tensors.update(load_file(path))
+    return weights_fingerprint(SimpleNamespace(state_dict=lambda: tensors))
+
+
+def check_components_fit(
+    folder: str, components: dict[str, object], fingerprint_of: Callable[[str], str | None] | None = None
+) -> None:
     """Raises `VeltrixRepositoryError` naming the component configs and settings when loaded components of `folder`
     do not fit together (`component_mismatches`: unit count and width, action size, the decoder's context width and
-    capacity, frame size and channels), so that an incompatible folder fails when it is loaded, not at its first
-    call."""
+    capacity, frame size and channels; `engram_mismatches`: an Engram memory built for another evolver or encoder), so
+    that an incompatible folder fails when it is loaded, not at its first call. `fingerprint_of(component)` gives the
+    `weights_fingerprint` of a component's weights; by default that of the loaded model in `components`."""
     configs = {name: getattr(component, "config", None) for name, component in components.items()}
-    clashes = [
-        f"{os.path.join(folder, name, 'config.json')}: {message}" for name, message in component_mismatches(configs)
-    ]
+    found = component_mismatches(configs)
+    engram = components.get("engram")
+    if engram is not None:
+        fingerprint_of = fingerprint_of or partial(loaded_fingerprint, components)
+        found += [("engram", message) for message in engram_mismatches(engram, configs.get("evolver"), fingerprint_of)]
+    clashes = [f"{os.path.join(folder, name, 'config.json')}: {message}" for name, message in found]
     if clashes:
         raise VeltrixRepositoryError(f"{folder} holds components that do not fit together: " + " ".join(clashes))

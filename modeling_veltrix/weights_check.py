@@ -1,8 +1,10 @@
 """Checks a weights file before a loader reads it, so that a damaged file gets an error naming it instead of a
-library error (or a half-loaded model); and the `from_pretrained` hook that applies the checks (complete files,
-matching tensor names and shapes, finite values) to the encoder, the evolver and the decoder, also when they are
-loaded on their own (`AutoModel.from_pretrained(folder)`)."""
+library error (or a half-loaded model); the `from_pretrained` hook that applies the checks (complete files,
+matching tensor names and shapes, finite values) to the encoder, the evolver, the Engram memory and the decoder, also
+when they are loaded on their own (`AutoModel.from_pretrained(folder)`); and the fingerprint of a model's weights
+that an Engram memory records of the models it was built for (`weights_fingerprint`)."""
 
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +19,19 @@ from transformers import PreTrainedConfig, PreTrainedModel
 class VeltrixRepositoryError(OSError):
     """A saved pipeline folder is incomplete, damaged, or written by an incompatible version; the message names the
     file."""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short SHA-256 of `model`'s parameters and persistent buffers (names, shapes, values cast to float16, so that
+    a float32 model and its float16 copy agree): what an Engram memory records of the models it was built for."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        values = tensor.detach().cpu()
+        values = values.to(torch.float16) if values.is_floating_point() else values
+        digest.update(values.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def check_safetensors(path: str) -> None:

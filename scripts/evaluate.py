@@ -16,33 +16,20 @@ physics term (`--set physics_loss_weight=0.1`) or the stability term in an ablat
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
 
 # Run as `python scripts/evaluate.py`, this file's folder comes first on `sys.path`, where this file would shadow the
 # `evaluate` library that the metric modules load with.
 sys.path = [path for path in sys.path if os.path.abspath(path or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from modeling_veltrix.evaluation.suite import SuiteSettings, run_suite  # noqa: E402 - after the path fix
-from modeling_veltrix.training import VeltrixTrainingRecipe  # noqa: E402
-from modeling_veltrix.training.recipe import RECIPE_STAGES  # noqa: E402
+from modeling_veltrix.training.overrides import parse_overrides, recipe_with_overrides  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PRESET = os.path.join(REPO_ROOT, "configuration", "veltrix-tiny")
-# `--quick`: every stage a few steps on a handful of short trajectories, to run the whole script in seconds.
-QUICK_RECIPE = {
-    "num_train_trajectories": 8,
-    "num_eval_trajectories": 4,
-    "trajectory_length": 6,
-    "context_length": 2,
-    "rollout_window": 2,
-    "decoder_frames_per_trajectory": 2,
-}
-QUICK_STAGE = {"max_steps": 2, "batch_size": 4, "warmup_steps": 0, "save_steps": 2}
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,36 +57,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def recipe_from_args(args: argparse.Namespace) -> VeltrixTrainingRecipe:
-    """The recipe file, with `--quick`'s settings and then every `--set` applied; checked as a whole."""
-    path = args.recipe or os.path.join(args.preset, "evaluation_recipe.json")
-    values = asdict(VeltrixTrainingRecipe.from_json_file(path))
-    if args.quick:
-        values |= QUICK_RECIPE
-        for stage in RECIPE_STAGES:
-            values[stage] |= QUICK_STAGE
-    for item in args.set:
-        name, separator, text = item.partition("=")
-        if not separator:
-            raise ValueError(f"`--set` must be FIELD=VALUE, got {item!r}.")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        stage, _, field = name.partition(".")
-        if field:
-            if not isinstance(values.get(stage), dict):
-                raise ValueError(f"`--set {item}`: {stage!r} is not a stage of the recipe.")
-            values[stage][field] = value
-        else:
-            values[name] = value
-    return VeltrixTrainingRecipe(**values)
-
-
 def main() -> None:
     args = parse_args()
     started = time.time()
-    recipe = recipe_from_args(args)
+    recipe_path = args.recipe or os.path.join(args.preset, "evaluation_recipe.json")
+    recipe = recipe_with_overrides(recipe_path, args.quick, parse_overrides(args.set))
     output_dir = args.output_dir or os.path.splitext(args.output)[0] + "_runs"
     settings_values = {"preset": args.preset, "recipe": recipe}
     if args.worlds:

@@ -2,7 +2,8 @@
 
 Stages (DESIGN §9): `encoder` (encoder + frame readout by reconstruction) -> `evolver` (frozen encoder; one-step
 teacher forcing over whole trajectories plus an open-loop rollout over a local window, in latent and pixel space)
--> `decoder` (flow matching of frames on frozen units). Besides, `probe` (`physics.load_or_train_probe`) trains a
+-> `decoder` (flow matching of frames on frozen units) -> Engram (`engram`: quantizer, table, gate; or the
+parametric memory trained with the evolver). Besides, `probe` (`physics.load_or_train_probe`) trains a
 physics probe on the frozen encoder's units, which the evolver stage's optional energy-conservation term
 (`recipe.physics_loss_weight`, `physics.physics_conservation_loss`) reads, and the optional `joint` fine-tune
 (`runner.train_joint`) trains encoder and evolver together on `L_traj + λ1 L_align + λ2 L_phys + λ3 L_recon`. The same
@@ -12,6 +13,18 @@ stage is saved with `save_pretrained` under `<output_dir>/<component>` (`runner`
 """
 
 from .checkpoints import VeltrixTrainer, checkpoint_problem, derive_seed, last_valid_checkpoint, seed_everything
+from .engram import (
+    VeltrixEngramPredictor,
+    build_engram,
+    build_table,
+    codebook_statistics,
+    create_engram,
+    fit_standardisation,
+    table_hit_rate,
+    train_gate,
+    train_parametric,
+    train_quantizer,
+)
 from .physics import (
     VeltrixPhysicsProbe,
     VeltrixPhysicsProbeConfig,
@@ -57,6 +70,16 @@ from .stages import (
 )
 
 __all__ = [
+    "train_quantizer",
+    "train_parametric",
+    "train_gate",
+    "table_hit_rate",
+    "fit_standardisation",
+    "create_engram",
+    "codebook_statistics",
+    "build_table",
+    "build_engram",
+    "VeltrixEngramPredictor",
     "AUXILIARY_STAGES",
     "COMPONENTS",
     "MODALITY_COLUMNS",

@@ -18,14 +18,19 @@ COMPONENTS = ("encoder", "evolver", "decoder")
 STAGE_COMPONENT = {"encoder": "encoder", "evolver": "evolver", "decoder": "decoder", "reflow": "decoder"}
 # Stages outside the pipeline's `STAGES`, each with a stage recipe like the others': `probe` trains the physics probe
 # of `training.physics` on the frozen encoder's units (`load_or_train_probe`); `joint` fine-tunes encoder and evolver
-# together after the staged ones (`runner.train_joint`).
-AUXILIARY_STAGES = ("probe", "joint")
+# together after the staged ones (`runner.train_joint`); `quantizer` and `gate` build the Engram memory on the trained
+# encoder and evolver (`training.engram`: the quantizer's projections, then the fusion gate of its table).
+AUXILIARY_STAGES = ("probe", "joint", "quantizer", "gate")
 RECIPE_STAGES = STAGES + AUXILIARY_STAGES
 STAGE_DEFAULTS = {
     # The probe is a small MLP on one step's units: larger batches.
     "probe": {"max_steps": 300, "learning_rate": 1e-3, "batch_size": 16},
     # A fine-tune of trained components: a lower learning rate.
     "joint": {"max_steps": 300, "learning_rate": 1e-4, "batch_size": 8},
+    # Two small linear maps of one step's state: larger batches, a higher learning rate.
+    "quantizer": {"max_steps": 500, "learning_rate": 3e-3, "batch_size": 16},
+    # A tiny gate network behind a frozen evolver's open-loop windows.
+    "gate": {"max_steps": 200, "learning_rate": 1e-3, "batch_size": 8},
 }
 
 
@@ -81,6 +86,7 @@ RECIPE_RULES = {
     "reflow_num_pairs": _Rule(int, 1),
     "reflow_teacher_steps": _Rule(int, 1),
     "reflow_time_sampling": _Rule(str, choices=FLOW_TIME_SAMPLINGS),
+    "engram_batch_size": _Rule(int, 1),
     "seed": _Rule(int, 0, below=SEED_LIMIT),
 }
 
@@ -185,6 +191,12 @@ class VeltrixTrainingRecipe:
     joint_reconstruction_weight·L_recon` (defaults 1, 0, 1; `stages.VeltrixJointStage`). Recipe files without these
     fields load with the defaults.
 
+    The Engram memory (`training.engram`, DESIGN §5) is built on the trained encoder and evolver by the stage recipes
+    `quantizer` (its FSQ projections; defaults 500 steps, lr 3e-3, batch 16) and `gate` (the fusion gate of its
+    table on open-loop windows of `rollout_window` steps; defaults 200 steps, lr 1e-3, batch 8); its streaming passes
+    (standardisation statistics, table, codebook statistics, hit rate) read `engram_batch_size` trajectories at a
+    time (default 16; the result does not depend on it). Its parametric memory trains with the evolver stage's recipe.
+
     `seed` seeds the run: each created component is initialised, and each stage trains, under
     `training.checkpoints.derive_seed(seed, name)` (`train_seed` and `eval_seed` seed the world's trajectories).
     Every field is checked on creation (`validate`); a bad type, a non-finite or out-of-range number or an unknown
@@ -219,6 +231,7 @@ class VeltrixTrainingRecipe:
     reflow_num_pairs: int = 4096
     reflow_teacher_steps: int = 16
     reflow_time_sampling: str = "uniform"
+    engram_batch_size: int = 16
     seed: int = 0
     encoder: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     evolver: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
@@ -226,6 +239,8 @@ class VeltrixTrainingRecipe:
     reflow: VeltrixStageRecipe = field(default_factory=VeltrixStageRecipe)
     probe: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["probe"]))
     joint: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["joint"]))
+    quantizer: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["quantizer"]))
+    gate: VeltrixStageRecipe = field(default_factory=lambda: VeltrixStageRecipe(**STAGE_DEFAULTS["gate"]))
 
     def __post_init__(self) -> None:
         for name in RECIPE_STAGES:

@@ -1,0 +1,193 @@
+"""Build the Engram memory (DESIGN §5) of a trained run: quantizer -> table -> gate.
+
+    python scripts/build_engram.py --run-dir runs/evaluate_runs/pendulum --output-dir runs/engram/pendulum
+    python scripts/build_engram.py --run-dir runs/tiny --output-dir /tmp/engram --quick     # tiny settings, seconds
+
+Loads the run's encoder and evolver (`<run-dir>/encoder`, `<run-dir>/evolver`, or their joint fine-tunes), trains
+the quantizer on the frozen encoder's states, fills the table in one streaming pass over the training trajectories,
+trains the fusion gate behind the frozen evolver, records both models' fingerprints and saves the memory with
+`save_pretrained` to `<output-dir>/engram` (written to a temporary folder, then renamed). The statistics
+(codebook utilisation and perplexity, slots used, collisions, hit rate on the held-out trajectories, loss curves,
+build seconds) go to `<output-dir>/engram_statistics.json`, the recipe used to `<output-dir>/recipe.json`.
+
+The recipe is `--recipe`, else `<run-dir>/recipe.json` (written by `scripts/train.py`), else the tiny preset's
+`evaluation_recipe.json` with the world named by the run folder (the layout of `scripts/evaluate.py`'s runs). The
+memory's configuration is `--engram-config` (a JSON object of `VeltrixEngramConfig` fields) on top of the
+defaults; its state shape and hidden width come from the evolver. `--set FIELD=VALUE` (a JSON value) changes a recipe
+field (`gate.max_steps=400` for a stage's) or, as `engram.FIELD=VALUE`, a field of the memory's configuration.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+
+from huggingface_hub.errors import StrictDataclassError
+
+from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
+from modeling_veltrix.configuration_veltrix import VeltrixEngramConfig
+from modeling_veltrix.modeling_veltrix_engram import VeltrixEngramModel
+from modeling_veltrix.repository_check import write_folder_atomically, write_json_atomic
+from modeling_veltrix.training import VeltrixTrainingRecipe, build_datasets, build_engram
+from modeling_veltrix.training.recipe import AUXILIARY_STAGES, RECIPE_STAGES
+from modeling_veltrix.training.runner import trained_component
+from modeling_veltrix.worlds.dataset import WORLDS
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_RECIPE = os.path.join(REPO_ROOT, "configuration", "veltrix-tiny", "evaluation_recipe.json")
+ENGRAM_PREFIX = "engram."
+# `--quick`: a handful of short trajectories and a few steps per stage, to run the whole script in seconds.
+QUICK_RECIPE = {
+    "num_train_trajectories": 8,
+    "num_eval_trajectories": 4,
+    "trajectory_length": 6,
+    "context_length": 2,
+    "rollout_window": 2,
+    "decoder_frames_per_trajectory": 2,
+    "engram_batch_size": 4,
+}
+QUICK_STAGE = {"max_steps": 2, "batch_size": 4, "warmup_steps": 0}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="a trained run with encoder/ and evolver/ folders")
+    parser.add_argument("--output-dir", required=True, help="where engram/ and the statistics go")
+    parser.add_argument("--recipe", default=None, help="training recipe JSON (default: see above)")
+    parser.add_argument("--engram-config", default=None, help="JSON object of VeltrixEngramConfig fields")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="change a recipe or engram.* field"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in seconds")
+    return parser.parse_args()
+
+
+def read_json_object(path: str, argument: str) -> dict:
+    """The JSON object in the file `path`, or a `ValueError` naming `argument`."""
+    if not os.path.isfile(path):
+        raise ValueError(f"`{argument}` must be a JSON file, got {path!r}, which does not exist.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{argument}` {path} is not valid JSON: {error}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"`{argument}` {path} must hold a JSON object, got {type(values).__name__}.")
+    return values
+
+
+def recipe_values(args: argparse.Namespace) -> dict:
+    """The recipe's fields (see the module docstring for where they come from), before `--quick` and `--set`."""
+    if args.recipe is not None:
+        return asdict(VeltrixTrainingRecipe.from_json_file(args.recipe))
+    run_recipe = os.path.join(args.run_dir, "recipe.json")
+    if os.path.isfile(run_recipe):
+        return asdict(VeltrixTrainingRecipe.from_json_file(run_recipe))
+    world = os.path.basename(os.path.normpath(args.run_dir))
+    if world not in WORLDS:
+        raise ValueError(
+            f"`--run-dir` {args.run_dir} has no recipe.json and its name is not a world ({sorted(WORLDS)}): pass "
+            "`--recipe`."
+        )
+    return asdict(VeltrixTrainingRecipe.from_json_file(DEFAULT_RECIPE)) | {"world": world, "world_options": {}}
+
+
+def split_overrides(items: list[str]) -> tuple[dict, dict]:
+    """`--set` items as (recipe overrides, engram config overrides); a value is JSON, else the plain text."""
+    recipe, engram = {}, {}
+    for item in items:
+        name, separator, text = item.partition("=")
+        if not separator or not name:
+            raise ValueError(f"`--set` must be FIELD=VALUE, got {item!r}.")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if name.startswith(ENGRAM_PREFIX):
+            engram[name.removeprefix(ENGRAM_PREFIX)] = value
+        else:
+            recipe[name] = value
+    return recipe, engram
+
+
+def build_recipe(args: argparse.Namespace, overrides: dict) -> VeltrixTrainingRecipe:
+    """The recipe with `--quick`'s settings and then the `--set` overrides, checked as a whole."""
+    values = recipe_values(args)
+    if args.quick:
+        values |= QUICK_RECIPE
+        for stage in AUXILIARY_STAGES:
+            values[stage] |= QUICK_STAGE
+    for name, value in overrides.items():
+        stage, _, field = name.partition(".")
+        if field:
+            if stage not in RECIPE_STAGES:
+                raise ValueError(f"`--set {name}=...`: {stage!r} is not a stage of the recipe ({RECIPE_STAGES}).")
+            values[stage][field] = value
+        else:
+            values[name] = value
+    return VeltrixTrainingRecipe(**values)
+
+
+def load_run(run_dir: str) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel]:
+    """The run's trained encoder and evolver (their joint fine-tunes first), or a `ValueError` naming the folder."""
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"`--run-dir` must be a folder, got {run_dir!r}, which is not one.")
+    models = []
+    for component, cls in (("encoder", VeltrixEncoderModel), ("evolver", VeltrixEvolverModel)):
+        path = trained_component(run_dir, component)
+        if path is None:
+            raise ValueError(f"`--run-dir` {run_dir} has no trained {component} ({component}/ folder).")
+        models.append(cls.from_pretrained(path).eval())
+    return models[0], models[1]
+
+
+def engram_config(args: argparse.Namespace, overrides: dict, evolver: VeltrixEvolverModel) -> VeltrixEngramConfig:
+    """`--engram-config` and the `engram.*` overrides on the defaults, with the evolver's state shape and width."""
+    values = read_json_object(args.engram_config, "--engram-config") if args.engram_config else {}
+    values |= overrides
+    shape = {name: getattr(evolver.config, name) for name in ("unit_dim", "num_units_per_step", "hidden_size")}
+    for name, value in shape.items():
+        if values.setdefault(name, value) != value:
+            raise ValueError(f"The Engram config's `{name}` must be the evolver's {value}, got {values[name]!r}.")
+    known = {field.name for field in dataclasses.fields(VeltrixEngramConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"The Engram config has unknown fields {unknown}; VeltrixEngramConfig knows {sorted(known)}.")
+    try:
+        return VeltrixEngramConfig(**values)
+    except StrictDataclassError as error:  # a value of the wrong type
+        raise ValueError(f"The Engram config is invalid: {error}") from None
+
+
+def main() -> None:
+    """Checks every argument before anything is trained or written, then builds, saves and reports."""
+    args = parse_args()
+    started = time.time()
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"`--output-dir` must be a folder, got {args.output_dir!r}, which is a file.")
+    recipe_overrides, engram_overrides = split_overrides(args.set)
+    recipe = build_recipe(args, recipe_overrides)
+    encoder, evolver = load_run(args.run_dir)
+    config = engram_config(args, engram_overrides, evolver)
+    engram = VeltrixEngramModel(config).to(encoder.device)
+    train_dataset, held_out_dataset = build_datasets(recipe)
+    statistics = build_engram(engram, encoder, evolver, train_dataset, recipe, held_out_dataset)
+    os.makedirs(args.output_dir, exist_ok=True)
+    recipe.to_json_file(os.path.join(args.output_dir, "recipe.json"))
+    target = os.path.join(args.output_dir, "engram")
+    write_folder_atomically(engram.save_pretrained, target)
+    # A held-out set without hits has no recall error: null in the JSON (NaN is not JSON).
+    statistics = {
+        name: None if isinstance(value, float) and math.isnan(value) else value for name, value in statistics.items()
+    }
+    write_json_atomic(os.path.join(args.output_dir, "engram_statistics.json"), statistics)
+    summary = {name: value for name, value in statistics.items() if not isinstance(value, list)}
+    print(json.dumps(summary, indent=2))
+    print(f"[veltrix] Engram memory saved to {target} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
