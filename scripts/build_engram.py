@@ -14,7 +14,8 @@ The recipe is `--recipe`, else `<run-dir>/recipe.json` (written by `scripts/trai
 `evaluation_recipe.json` with the world named by the run folder (the layout of `scripts/evaluate.py`'s runs). The
 memory's configuration is `--engram-config` (a JSON object of `VeltrixEngramConfig` fields) on top of the
 defaults; its state shape and hidden width come from the evolver. `--set FIELD=VALUE` (a JSON value) changes a recipe
-field (`gate.max_steps=400` for a stage's) or, as `engram.FIELD=VALUE`, a field of the memory's configuration.
+field (`gate.max_steps=400` for a stage's), `--engram FIELD=VALUE` a field of the memory's configuration (e.g.
+`--engram table_size=4093`), as in `scripts/benchmark_engram.py`.
 """
 
 import argparse
@@ -23,7 +24,6 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
 
 from huggingface_hub.errors import StrictDataclassError
 
@@ -31,25 +31,13 @@ from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
 from modeling_veltrix.configuration_veltrix import VeltrixEngramConfig
 from modeling_veltrix.modeling_veltrix_engram import VeltrixEngramModel
 from modeling_veltrix.repository_check import write_folder_atomically, write_json_atomic
-from modeling_veltrix.training import VeltrixTrainingRecipe, build_datasets, build_engram
-from modeling_veltrix.training.recipe import AUXILIARY_STAGES, RECIPE_STAGES
+from modeling_veltrix.training import build_datasets, build_engram
+from modeling_veltrix.training.overrides import parse_overrides, recipe_with_overrides
 from modeling_veltrix.training.runner import trained_component
 from modeling_veltrix.worlds.dataset import WORLDS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RECIPE = os.path.join(REPO_ROOT, "configuration", "veltrix-tiny", "evaluation_recipe.json")
-ENGRAM_PREFIX = "engram."
-# `--quick`: a handful of short trajectories and a few steps per stage, to run the whole script in seconds.
-QUICK_RECIPE = {
-    "num_train_trajectories": 8,
-    "num_eval_trajectories": 4,
-    "trajectory_length": 6,
-    "context_length": 2,
-    "rollout_window": 2,
-    "decoder_frames_per_trajectory": 2,
-    "engram_batch_size": 4,
-}
-QUICK_STAGE = {"max_steps": 2, "batch_size": 4, "warmup_steps": 0}
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,8 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="where engram/ and the statistics go")
     parser.add_argument("--recipe", default=None, help="training recipe JSON (default: see above)")
     parser.add_argument("--engram-config", default=None, help="JSON object of VeltrixEngramConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="change a recipe or engram.* field"
+        "--engram", action="append", default=[], metavar="FIELD=VALUE", help="override a memory config field"
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in seconds")
     return parser.parse_args()
@@ -79,56 +68,21 @@ def read_json_object(path: str, argument: str) -> dict:
     return values
 
 
-def recipe_values(args: argparse.Namespace) -> dict:
-    """The recipe's fields (see the module docstring for where they come from), before `--quick` and `--set`."""
+def recipe_source(args: argparse.Namespace) -> tuple[str, dict]:
+    """The recipe file (see the module docstring) and the fields the run folder implies (its world, for a folder of
+    `scripts/evaluate.py` without a recipe of its own)."""
     if args.recipe is not None:
-        return asdict(VeltrixTrainingRecipe.from_json_file(args.recipe))
+        return args.recipe, {}
     run_recipe = os.path.join(args.run_dir, "recipe.json")
     if os.path.isfile(run_recipe):
-        return asdict(VeltrixTrainingRecipe.from_json_file(run_recipe))
+        return run_recipe, {}
     world = os.path.basename(os.path.normpath(args.run_dir))
     if world not in WORLDS:
         raise ValueError(
             f"`--run-dir` {args.run_dir} has no recipe.json and its name is not a world ({sorted(WORLDS)}): pass "
             "`--recipe`."
         )
-    return asdict(VeltrixTrainingRecipe.from_json_file(DEFAULT_RECIPE)) | {"world": world, "world_options": {}}
-
-
-def split_overrides(items: list[str]) -> tuple[dict, dict]:
-    """`--set` items as (recipe overrides, engram config overrides); a value is JSON, else the plain text."""
-    recipe, engram = {}, {}
-    for item in items:
-        name, separator, text = item.partition("=")
-        if not separator or not name:
-            raise ValueError(f"`--set` must be FIELD=VALUE, got {item!r}.")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        if name.startswith(ENGRAM_PREFIX):
-            engram[name.removeprefix(ENGRAM_PREFIX)] = value
-        else:
-            recipe[name] = value
-    return recipe, engram
-
-
-def build_recipe(args: argparse.Namespace, overrides: dict) -> VeltrixTrainingRecipe:
-    """The recipe with `--quick`'s settings and then the `--set` overrides, checked as a whole."""
-    values = recipe_values(args)
-    if args.quick:
-        values |= QUICK_RECIPE
-        for stage in AUXILIARY_STAGES:
-            values[stage] |= QUICK_STAGE
-    for name, value in overrides.items():
-        stage, _, field = name.partition(".")
-        if field:
-            if stage not in RECIPE_STAGES:
-                raise ValueError(f"`--set {name}=...`: {stage!r} is not a stage of the recipe ({RECIPE_STAGES}).")
-            values[stage][field] = value
-        else:
-            values[name] = value
-    return VeltrixTrainingRecipe(**values)
+    return DEFAULT_RECIPE, {"world": world, "world_options": {}}
 
 
 def load_run(run_dir: str) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel]:
@@ -145,7 +99,7 @@ def load_run(run_dir: str) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel]:
 
 
 def engram_config(args: argparse.Namespace, overrides: dict, evolver: VeltrixEvolverModel) -> VeltrixEngramConfig:
-    """`--engram-config` and the `engram.*` overrides on the defaults, with the evolver's state shape and width."""
+    """`--engram-config` and the `--engram` overrides on the defaults, with the evolver's state shape and width."""
     values = read_json_object(args.engram_config, "--engram-config") if args.engram_config else {}
     values |= overrides
     shape = {name: getattr(evolver.config, name) for name in ("unit_dim", "num_units_per_step", "hidden_size")}
@@ -168,8 +122,9 @@ def main() -> None:
     started = time.time()
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"`--output-dir` must be a folder, got {args.output_dir!r}, which is a file.")
-    recipe_overrides, engram_overrides = split_overrides(args.set)
-    recipe = build_recipe(args, recipe_overrides)
+    path, implied = recipe_source(args)
+    recipe = recipe_with_overrides(path, args.quick, implied | parse_overrides(args.set))
+    engram_overrides = parse_overrides(args.engram)
     encoder, evolver = load_run(args.run_dir)
     config = engram_config(args, engram_overrides, evolver)
     engram = VeltrixEngramModel(config).to(encoder.device)

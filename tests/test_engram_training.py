@@ -17,7 +17,7 @@ from conftest import tiny_encoder_config, tiny_evolver_config
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
 from modeling_veltrix.configuration_veltrix import VeltrixEngramConfig
-from modeling_veltrix.modeling_veltrix_engram import VeltrixEngramModel, weights_fingerprint
+from modeling_veltrix.modeling_veltrix_engram import VeltrixEngramModel
 from modeling_veltrix.training import (
     VeltrixTrainingRecipe,
     build_table,
@@ -28,6 +28,7 @@ from modeling_veltrix.training import (
     train_parametric,
     train_quantizer,
 )
+from modeling_veltrix.weights_check import weights_fingerprint
 from modeling_veltrix.worlds import build_world_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,8 @@ def standardised_engram(encoder, train, **overrides) -> VeltrixEngramModel:
 
 
 def brute_force_table(engram: VeltrixEngramModel, encoder, train) -> dict:
-    """Per (order, head, slot): the list of (fingerprint, next state, step size) in trajectory, step order."""
+    """Per (order, head, slot): the list of (fingerprint, stored value, step size) in trajectory, step order; the
+    value is the next state, or with `table_value="delta"` the change over the step."""
     batch = train[:]
     with torch.no_grad():
         units = encoder(batch["pixel_values"]).units
@@ -113,13 +115,17 @@ def brute_force_table(engram: VeltrixEngramModel, encoder, train) -> dict:
                     continue
                 for h in range(slots.shape[-1]):
                     slot = int(slots[b, t, o, h])
-                    entries[o, h, slot].append((int(keys[b, t, o, -1]), units[b, t + 1].flatten().double(), step))
+                    value = units[b, t + 1].flatten().double()
+                    if engram.config.table_value == "delta":
+                        value = value - units[b, t].flatten().double()
+                    entries[o, h, slot].append((int(keys[b, t, o, -1]), value, step))
     return entries
 
 
-def test_table_means_match_a_brute_force_computation(world):
-    encoder, _, train, _ = world
-    engram = standardised_engram(encoder, train)
+@pytest.mark.parametrize("table_value", ["next_state", "delta"])
+def test_table_means_match_a_brute_force_computation(world, table_value):
+    encoder, _, train, held_out = world
+    engram = standardised_engram(encoder, train, table_value=table_value)
     statistics = build_table(engram, encoder, train, batch_size=3)
     entries = brute_force_table(engram, encoder, train)
     assert int(engram.table_counts.sum()) == sum(len(values) for values in entries.values())
@@ -134,6 +140,8 @@ def test_table_means_match_a_brute_force_computation(world):
     used = engram.table_counts > 0
     assert int(used.sum()) == len(entries) == statistics["slots_used"]
     assert not engram.table_states[~used].any() and not engram.table_fingerprints[~used].any()
+    rates = table_hit_rate(engram, encoder, held_out)
+    assert 0 <= rates["hit_rate"] <= 1 and rates["recall_mse"] >= 0
 
 
 def test_forced_collisions_are_counted(world):
@@ -267,7 +275,7 @@ def test_script_builds_saves_and_reports(tmp_path):
     config_file.write_text(json.dumps({"fsq_levels": [3, 3, 3], "ngram_orders": [1, 2], "table_size": 31}))
     result = run_script(
         "--run-dir", str(run_dir), "--output-dir", str(output), "--quick",
-        "--engram-config", str(config_file), "--set", "engram.hit_threshold=1", "--set", "gate.max_steps=3",
+        "--engram-config", str(config_file), "--engram", "hit_threshold=1", "--set", "gate.max_steps=3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     engram = VeltrixEngramModel.from_pretrained(output / "engram")
@@ -296,9 +304,9 @@ def load_script():
     "arguments, message",
     [
         (("--set", "nonsense"), "FIELD=VALUE"),
-        (("--set", "engram.no_such_field=1"), "unknown fields"),
-        (("--set", "engram.unit_dim=4"), "unit_dim"),
-        (("--set", 'engram.table_size="big"'), "table_size"),
+        (("--engram", "no_such_field=1"), "unknown fields"),
+        (("--engram", "unit_dim=4"), "unit_dim"),
+        (("--engram", 'table_size="big"'), "table_size"),
         (("--set", "gate.max_steps=0"), "gate.max_steps"),
         (("--set", "nostage.max_steps=1"), "not a stage"),
         (("--engram-config", "missing.json"), "--engram-config"),

@@ -27,8 +27,9 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..configuration_veltrix import VeltrixEngramConfig, VeltrixEvolverConfig
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
-from ..modeling_veltrix_engram import VeltrixEngramModel, weights_fingerprint
+from ..modeling_veltrix_engram import VeltrixEngramModel
 from ..modeling_veltrix_evolver import VeltrixEvolverModel, VeltrixRolloutOutput
+from ..weights_check import weights_fingerprint
 from .checkpoints import seed_everything
 from .physics import VeltrixPhysicsProbe
 from .recipe import VeltrixStageRecipe, VeltrixTrainingRecipe
@@ -194,7 +195,8 @@ def build_table(
     """Fills the non-parametric table (replacing what it held) in one streaming, deterministic pass.
 
     For every valid n-gram (order, head) of every step t < T - 1 of every trajectory (an n-gram reaching before the
-    trajectory's start is skipped), its slot gets the observed next state `S_{t+1}` (U·D), the step size
+    trajectory's start is skipped), its slot gets the observed next state `S_{t+1}` (U·D; with
+    `table_value="delta"` the change `S_{t+1} - S_t`), the step size
     `timestamps[t + 1] - timestamps[t]` (seconds) and one count. Sums are float64 in fixed-size tensors on the CPU
     (the same order of additions whatever the device: bit-identical tables for the same data; the memory does not grow
     with the data), the tables their means. A slot's fingerprint is its first key's, in trajectory then step order;
@@ -236,6 +238,8 @@ def build_table(
         entry_fingerprint = keys[..., -1:].expand_as(cell)[mask]
         entry_row = torch.arange(b * steps).reshape(b, steps, 1, 1).expand_as(cell)[mask]
         targets = units[:, 1:].flatten(-2).flatten(0, 1).double().cpu()  # (B·(T-1), U·D)
+        if engram.config.table_value == "delta":
+            targets = targets - units[:, :-1].flatten(-2).flatten(0, 1).double().cpu()
         timestamps = batch["timestamps"].double()
         step_sizes = (timestamps[:, 1:] - timestamps[:, :-1]).flatten()  # (B·(T-1),)
         # A cell seen for the first time takes the fingerprint of its first entry.
@@ -278,8 +282,8 @@ def table_hit_rate(
 ) -> dict[str, float]:
     """How the table answers the true code histories of `dataset` (each step t < T - 1, asking for t + 1):
     `hit_rate` (the fraction of steps that hit), `foreign_hit_rate` (hits whose slot belongs to another n-gram, as a
-    fraction of hits) and `recall_mse` (MSE of the remembered next state against the encoded one, over hits; NaN
-    without hits)."""
+    fraction of hits) and `recall_mse` (MSE of the remembered next state, with `table_value="delta"` the true state
+    moved by the remembered change, against the encoded one, over hits; NaN without hits)."""
     if not engram.has_table:
         raise ValueError("`engram` must have a table (`use_table=True`), got a memory without one.")
     _check_encoder(engram, encoder)
@@ -290,7 +294,9 @@ def table_hit_rate(
     for batch in _ordered_batches(dataset, batch_size, "engram hit rate"):
         units = _encode(encoder, batch, engram.device)  # (B, T, U, D)
         histories = engram.histories(engram.codes(units))[:, :-1].flatten(0, 1)  # (B·(T-1), max_order)
-        recall = engram.recall(histories)
+        timestamps = batch["timestamps"].to(units.device)
+        step_sizes = (timestamps[:, 1:] - timestamps[:, :-1]).flatten().to(units.dtype)  # (B·(T-1),)
+        recall = engram.recall(histories, state=units[:, :-1].flatten(0, 1), step_sizes=step_sizes)
         truth = units[:, 1:].flatten(0, 1)  # (B·(T-1), U, D)
         steps += histories.shape[0]
         hits += int(recall.hits.sum())
