@@ -522,6 +522,10 @@ class VeltrixEngramConfig(PreTrainedConfig):
             What a slot remembers: `"next_state"` (the mean observed next state, which pulls a drifting rollout back
             to states seen in training) or `"delta"` (the mean change over a step, applied to the current state and
             scaled by the step size relative to the remembered one).
+        snap_to_seen_codes (`bool`, *optional*, defaults to `True`):
+            Whether a state whose code never occurred in the training states takes the nearest code (on the FSQ
+            grid) that did: a drifting rollout is then addressed by the remembered cell closest to it instead of
+            missing. Set when the table is built (`set_seen_codes`).
         hit_threshold (`int`, *optional*, defaults to 2):
             A lookup hits when its slot's count is at least this.
         gate_hidden_size (`int`, *optional*, defaults to 32):
@@ -563,6 +567,7 @@ class VeltrixEngramConfig(PreTrainedConfig):
     table_size: int = 1021
     use_table: bool = True
     table_value: str = "next_state"
+    snap_to_seen_codes: bool = True
     hit_threshold: int = 2
     gate_hidden_size: int = 32
     fixed_gate: float | None = None

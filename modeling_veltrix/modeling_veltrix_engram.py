@@ -73,6 +73,7 @@ class VeltrixEngramPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, VeltrixEngramModel):
             module.reset_buffers()
+            init.copy_(module.code_snap, torch.arange(module.config.num_codes))
         elif isinstance(module, FSQ):
             # Its buffers are not saved (non-persistent): `from_pretrained` re-initialises them here.
             levels = torch.tensor(self.config.fsq_levels, dtype=torch.int32)
@@ -137,6 +138,8 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
             self.quantizer = FSQ(levels=list(config.fsq_levels), dim=width)
         self.register_buffer("state_mean", torch.zeros(width))
         self.register_buffer("state_scale", torch.ones(width))
+        # The code each raw code is read as: itself, or with `snap_to_seen_codes` the nearest code seen in training.
+        self.register_buffer("code_snap", torch.arange(config.num_codes))
         generator = torch.Generator().manual_seed(config.hash_seed)
         high = 2**MULTIPLIER_BITS
         # Per (order, head, position) an odd multiplier and per (order, head) a salt; one more "head" of multipliers
@@ -220,8 +223,27 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         return reconstruction.to(units.dtype), codes.long()
 
     def codes(self, units: torch.Tensor) -> torch.Tensor:
-        """units (B, T, U, D) -> codes (B, T) int64 in [0, num_codes)."""
-        return self.quantize(units)[1]
+        """units (B, T, U, D) -> codes (B, T) int64 in [0, num_codes): the quantizer's, each read through `code_snap`
+        (the nearest code seen in training, with `snap_to_seen_codes` once the table is built; else itself)."""
+        raw = self.quantize(units)[1]
+        return self.code_snap[raw] if self.config.snap_to_seen_codes else raw
+
+    def reset_code_snap(self) -> None:
+        """Reads every code as itself again (before a table is rebuilt from raw codes)."""
+        self.code_snap.copy_(torch.arange(self.config.num_codes, device=self.code_snap.device))
+
+    @torch.no_grad()
+    def set_seen_codes(self, counts: torch.Tensor) -> None:
+        """counts (num_codes,): how often each code occurred in the training states. Each code is then read as the
+        nearest seen one on the FSQ grid of level indices (itself when seen; ties to the lowest index)."""
+        check_shape("counts", counts, (self.config.num_codes,), integer=not counts.is_floating_point())
+        seen = torch.nonzero(counts.to(self.code_snap.device) > 0)[:, 0]
+        if seen.numel() == 0:
+            raise ValueError("`counts` must count at least one code, got none.")
+        codes = torch.arange(self.config.num_codes, device=self.code_snap.device)
+        grid = self.quantizer.indices_to_level_indices(codes).float()  # (num_codes, len(fsq_levels))
+        nearest = torch.cdist(grid, grid[seen]).argmin(dim=1)
+        self.code_snap.copy_(seen[nearest])
 
     def ngram_keys(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """codes (..., max_order), the last entry the newest and `MISSING_CODE` where the history is shorter ->
@@ -382,6 +404,8 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         record["slots_total"] = len(config.ngram_orders) * sum(config.table_primes)
         record["collided_slot_fraction"] = collided_all / max(used_all, 1)
         record["observations"] = float(self.table_counts[:, 0].sum())
+        codes = torch.arange(config.num_codes, device=self.code_snap.device)
+        record["codes_seen"] = int((self.code_snap == codes).sum())
         return record
 
 

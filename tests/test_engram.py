@@ -293,3 +293,21 @@ def test_the_evolver_checks_its_memory():
         evolver.step(context[:, -1], cache, now, now + 0.1, engram=make_engram())
     with pytest.raises(ValueError, match="units"):
         make_engram().codes(torch.randn(2, 3, UNITS, DIM + 1))
+
+
+def test_unseen_codes_snap_to_the_nearest_seen_code():
+    engram = make_engram()  # levels [5, 4, 3]: code = l0 + 5·l1 + 20·l2
+    counts = torch.zeros(engram.config.num_codes, dtype=torch.int64)
+    counts[[0, 59]] = 3  # level indices (0, 0, 0) and (4, 3, 2)
+    engram.set_seen_codes(counts)
+    assert engram.code_snap[0] == 0 and engram.code_snap[59] == 59
+    assert engram.code_snap[1] == 0  # (1, 0, 0) is next to (0, 0, 0)
+    assert engram.code_snap[58] == 59  # (3, 3, 2) is next to (4, 3, 2)
+    units, _ = trajectory()
+    raw = engram.quantize(units)[1]
+    assert torch.equal(engram.codes(units), engram.code_snap[raw])
+    assert engram.table_statistics()["codes_seen"] == 2
+    engram.config.snap_to_seen_codes = False
+    assert torch.equal(engram.codes(units), raw)
+    with pytest.raises(ValueError, match="counts"):
+        engram.set_seen_codes(torch.zeros(engram.config.num_codes, dtype=torch.int64))

@@ -200,7 +200,8 @@ def build_table(
     `timestamps[t + 1] - timestamps[t]` (seconds) and one count. Sums are float64 in fixed-size tensors on the CPU
     (the same order of additions whatever the device: bit-identical tables for the same data; the memory does not grow
     with the data), the tables their means. A slot's fingerprint is its first key's, in trajectory then step order;
-    it is flagged `collided` when a key with another fingerprint lands there later.
+    it is flagged `collided` when a key with another fingerprint lands there later. The codes seen in the data set
+    the memory's `code_snap` (`set_seen_codes`): later lookups read an unseen code as the nearest seen one.
 
     The fixed-size table keeps one fingerprint per slot, so the collisions observable are: `collided_slots` (slots
     that received at least two distinct n-grams) and `foreign_observations` (observations stored under another
@@ -223,10 +224,14 @@ def build_table(
     fingerprints = torch.zeros(cells, dtype=torch.int64)
     collided = torch.zeros(cells, dtype=torch.bool)
     foreign = torch.zeros(cells, dtype=torch.int64)
+    code_counts = torch.zeros(engram.config.num_codes, dtype=torch.int64)
     transitions = 0
+    engram.reset_code_snap()  # the training states are addressed by their own codes
     for batch in _ordered_batches(train_dataset, batch_size, "engram table"):
         units = _encode(encoder, batch, engram.device)  # (B, T, U, D)
-        histories = engram.histories(engram.codes(units))[:, :-1]  # (B, T - 1, max_order): steps with a next state
+        codes = engram.codes(units)
+        code_counts += torch.bincount(codes.flatten().cpu(), minlength=engram.config.num_codes)
+        histories = engram.histories(codes)[:, :-1]  # (B, T - 1, max_order): steps with a next state
         keys, valid = engram.ngram_keys(histories)  # (B, T - 1, O, H + 1), (B, T - 1, O)
         keys, valid = keys.cpu(), valid.cpu()
         cell = engram.slots(keys) + offsets  # (B, T - 1, O, H)
@@ -264,6 +269,7 @@ def build_table(
     for name, values in table.items():
         buffer = getattr(engram, name)
         buffer.copy_(values.reshape(buffer.shape).to(buffer))
+    engram.set_seen_codes(code_counts)
     statistics = engram.table_statistics()
     statistics.update(
         collided_slots=int(collided.sum()),
