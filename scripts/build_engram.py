@@ -19,19 +19,17 @@ field (`gate.max_steps=400` for a stage's), `--engram FIELD=VALUE` a field of th
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import time
-
-from huggingface_hub.errors import StrictDataclassError
 
 from modeling_veltrix import VeltrixEncoderModel, VeltrixEvolverModel
 from modeling_veltrix.configuration_veltrix import VeltrixEngramConfig
 from modeling_veltrix.modeling_veltrix_engram import VeltrixEngramModel
 from modeling_veltrix.repository_check import write_folder_atomically, write_json_atomic
 from modeling_veltrix.training import build_datasets, build_engram
+from modeling_veltrix.training.engram import memory_config_for
 from modeling_veltrix.training.overrides import parse_overrides, recipe_with_overrides
 from modeling_veltrix.training.runner import trained_component
 from modeling_veltrix.worlds.dataset import WORLDS
@@ -101,19 +99,7 @@ def load_run(run_dir: str) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel]:
 def engram_config(args: argparse.Namespace, overrides: dict, evolver: VeltrixEvolverModel) -> VeltrixEngramConfig:
     """`--engram-config` and the `--engram` overrides on the defaults, with the evolver's state shape and width."""
     values = read_json_object(args.engram_config, "--engram-config") if args.engram_config else {}
-    values |= overrides
-    shape = {name: getattr(evolver.config, name) for name in ("unit_dim", "num_units_per_step", "hidden_size")}
-    for name, value in shape.items():
-        if values.setdefault(name, value) != value:
-            raise ValueError(f"The Engram config's `{name}` must be the evolver's {value}, got {values[name]!r}.")
-    known = {field.name for field in dataclasses.fields(VeltrixEngramConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"The Engram config has unknown fields {unknown}; VeltrixEngramConfig knows {sorted(known)}.")
-    try:
-        return VeltrixEngramConfig(**values)
-    except StrictDataclassError as error:  # a value of the wrong type
-        raise ValueError(f"The Engram config is invalid: {error}") from None
+    return memory_config_for(evolver.config, values | overrides)
 
 
 def main() -> None:

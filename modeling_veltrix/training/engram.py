@@ -13,6 +13,7 @@
 `build_engram` runs 1-3 in order and records the fingerprints of the models the memory was built for.
 """
 
+import dataclasses
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 import datasets
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -315,22 +317,20 @@ def table_hit_rate(
     }
 
 
-def _window(
-    units: torch.Tensor, batch: dict, recipe: VeltrixTrainingRecipe, generator: torch.Generator
+def _gate_window(
+    units: torch.Tensor, batch: dict, recipe: VeltrixTrainingRecipe
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """An open-loop window from a random start (drawn with `generator`): (context (B, C, U, D), actions
-    (B, C + W, A), timestamps (B, C + W), truth (B, W, U, D)), C and W the recipe's context length and window."""
-    context, window = recipe.context_length, recipe.rollout_window
-    if units.shape[1] < context + window:
+    """The longest open-loop window the trajectories hold: (context (B, C, U, D), actions (B, T, A), timestamps
+    (B, T), truth (B, T - C, U, D)), C the recipe's context length and T the trajectories' length."""
+    context = recipe.context_length
+    if units.shape[1] <= context:
         raise ValueError(
-            f"Trajectories must have at least context_length + rollout_window = {context + window} steps, got "
+            f"Trajectories must be longer than context_length = {context} steps to train the gate, got "
             f"{units.shape[1]}."
         )
-    start = int(torch.randint(0, units.shape[1] - context - window + 1, (), generator=generator))
-    end = start + context + window
-    actions = batch["actions"][:, start:end].to(units)
-    timestamps = batch["timestamps"][:, start:end].to(units.device)
-    return units[:, start : start + context], actions, timestamps, units[:, start + context : end]
+    actions = batch["actions"].to(units)
+    timestamps = batch["timestamps"].to(units.device)
+    return units[:, :context], actions, timestamps, units[:, context:]
 
 
 def train_gate(
@@ -341,9 +341,10 @@ def train_gate(
     recipe: VeltrixTrainingRecipe,
 ) -> list[float]:
     """The gate stage: the encoder and the evolver frozen (no gradients, eval mode), the table fixed, only
-    `engram.gate` trains. Each step encodes a batch, rolls out `recipe.rollout_window` steps from
-    `recipe.context_length` context steps at a random start with `evolver.rollout(..., engram=engram)` (the data's
-    actions and timestamps) and minimises the MSE to the encoded truth, with `recipe.gate`'s optimisation under
+    `engram.gate` trains. Each step encodes a batch and, from its first `recipe.context_length` steps, rolls out the
+    rest of the trajectories with `evolver.rollout(..., engram=engram)` (the data's actions and timestamps): the
+    longest open-loop windows the data hold, past the evolver's training window, since the memory's job is the drift
+    of long rollouts. It minimises the MSE to the encoded truth, with `recipe.gate`'s optimisation under
     `derive_seed(recipe.seed, "gate")`. Returns the loss of every step."""
     if not engram.has_table:
         raise ValueError("`engram` must have a table (`use_table=True`) for its gate to train, got one without.")
@@ -364,7 +365,7 @@ def train_gate(
 
     def loss_of(batch: dict) -> torch.Tensor:
         units = _encode(encoder, batch, engram.device)
-        context, actions, timestamps, truth = _window(units, batch, recipe, generator)
+        context, actions, timestamps, truth = _gate_window(units, batch, recipe)
         rollout = evolver.rollout(context, truth.shape[1], actions=actions, timestamps=timestamps, engram=engram)
         return F.mse_loss(rollout.units, truth)
 
@@ -397,6 +398,25 @@ class VeltrixEngramPredictor(nn.Module):
         """context (B, T, U, D) -> `num_steps` open-loop states (`units` (B, num_steps, U, D)); actions
         (B, T + num_steps, A) and timestamps (B, T + num_steps) as in `VeltrixEvolverModel.rollout`."""
         return self.evolver.rollout(context, num_steps, actions=actions, timestamps=timestamps, engram=self.engram)
+
+
+def memory_config_for(evolver_config: VeltrixEvolverConfig, fields: dict) -> VeltrixEngramConfig:
+    """The `VeltrixEngramConfig` of `fields` for an evolver of `evolver_config`: its state shape and hidden width
+    (`unit_dim`, `num_units_per_step`, `hidden_size`) filled in, and refused when `fields` sets them otherwise;
+    unknown fields and values of the wrong type raise `ValueError`."""
+    values = dict(fields)
+    for name in ("unit_dim", "num_units_per_step", "hidden_size"):
+        value = getattr(evolver_config, name)
+        if values.setdefault(name, value) != value:
+            raise ValueError(f"The Engram config's `{name}` must be the evolver's {value}, got {values[name]!r}.")
+    known = {field.name for field in dataclasses.fields(VeltrixEngramConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"The Engram config has unknown fields {unknown}; VeltrixEngramConfig knows {sorted(known)}.")
+    try:
+        return VeltrixEngramConfig(**values)
+    except StrictDataclassError as error:  # a value of the wrong type
+        raise ValueError(f"The Engram config is invalid: {error}") from None
 
 
 def create_engram(
@@ -508,6 +528,7 @@ __all__ = [
     "codebook_statistics",
     "create_engram",
     "fit_standardisation",
+    "memory_config_for",
     "table_hit_rate",
     "train_gate",
     "train_parametric",
