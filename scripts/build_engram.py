@@ -31,6 +31,7 @@ from modeling_veltrix.repository_check import write_folder_atomically, write_jso
 from modeling_veltrix.training import build_datasets, build_engram
 from modeling_veltrix.training.engram import memory_config_for
 from modeling_veltrix.training.overrides import parse_overrides, recipe_with_overrides
+from modeling_veltrix.training.recipe import read_json_object
 from modeling_veltrix.training.runner import trained_component
 from modeling_veltrix.worlds.dataset import WORLDS
 
@@ -50,20 +51,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in seconds")
     return parser.parse_args()
-
-
-def read_json_object(path: str, argument: str) -> dict:
-    """The JSON object in the file `path`, or a `ValueError` naming `argument`."""
-    if not os.path.isfile(path):
-        raise ValueError(f"`{argument}` must be a JSON file, got {path!r}, which does not exist.")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"`{argument}` {path} is not valid JSON: {error}.") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"`{argument}` {path} must hold a JSON object, got {type(values).__name__}.")
-    return values
 
 
 def recipe_source(args: argparse.Namespace) -> tuple[str, dict]:
@@ -98,7 +85,9 @@ def load_run(run_dir: str) -> tuple[VeltrixEncoderModel, VeltrixEvolverModel]:
 
 def engram_config(args: argparse.Namespace, overrides: dict, evolver: VeltrixEvolverModel) -> VeltrixEngramConfig:
     """`--engram-config` and the `--engram` overrides on the defaults, with the evolver's state shape and width."""
-    values = read_json_object(args.engram_config, "--engram-config") if args.engram_config else {}
+    values = (
+        read_json_object(args.engram_config, f"`--engram-config` {args.engram_config}") if args.engram_config else {}
+    )
     return memory_config_for(evolver.config, values | overrides)
 
 

@@ -309,12 +309,27 @@ def table_bytes(engram: VeltrixEngramModel) -> int:
     return sum(getattr(engram, name).numel() * getattr(engram, name).element_size() for name in names)
 
 
+def world_record(settings: EngramBenchmarkSettings, engram: VeltrixEngramModel) -> dict:
+    """What a saved world result must match to be reused: the settings that shape it (not the allocation
+    experiment's) and the memory's fingerprint."""
+    values = {key: value for key, value in asdict(settings).items() if not key.startswith("allocation_")}
+    return json.loads(json.dumps(values | {"memory": weights_fingerprint(engram)}, default=str))
+
+
 def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, output_dir: str) -> dict:
     """Builds (or loads) the world's memory and scores every variant (`VARIANTS`); the result is saved to
-    `<output_dir>/<world>/engram_benchmark.json`."""
+    `<output_dir>/<world>/engram_benchmark.json` and reused by a rerun with the same settings and memory."""
     encoder, evolver = load_world_models(settings, world, runs_dir)
     world_dir = os.path.join(output_dir, world)
     engram, build = load_or_build_memory(settings, world, encoder, evolver, os.path.join(world_dir, "engram"))
+    path = os.path.join(world_dir, "engram_benchmark.json")
+    record = world_record(settings, engram)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        if saved.get("settings") == record:
+            print(f"[veltrix] {world}: scores loaded from {path}")
+            return saved["result"]
     recipe = settings.recipe
     held_out = build_world_dataset(
         world,
@@ -384,7 +399,7 @@ def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, 
         "horizon": settings.horizon,
         "training_window": settings.window,
     }
-    write_json_atomic(os.path.join(world_dir, "engram_benchmark.json"), result)
+    write_json_atomic(path, {"settings": record, "result": result})
     return result
 
 
@@ -397,32 +412,38 @@ def evolver_parameters(config: VeltrixEvolverConfig) -> int:
 def allocation_configs(
     evolver_config: VeltrixEvolverConfig, share: float, settings: EngramBenchmarkSettings
 ) -> tuple[VeltrixEvolverConfig, VeltrixEngramConfig | None, dict]:
-    """At the budget of `evolver_config`'s parameter count, the evolver (its MLP width shrunk) and parametric memory
-    whose n-gram tables hold `share` of the budget (no memory at share 0); with the realised counts."""
+    """At the budget of `evolver_config`'s parameter count, a narrower evolver and a parametric memory whose n-gram
+    tables hold about `share` of the budget (no memory at share 0); with the realised counts and share.
+
+    Compute is scaled by width: the evolver's `hidden_size` (a multiple of 8, which the SSM heads and attention heads
+    divide) with the MLP width in the original ratio, the one whose parameters (with the memory's key and value
+    projections) come closest to `(1 - share)` of the budget; the tables take the rest."""
     budget = evolver_parameters(evolver_config)
     if share == 0.0:
         return evolver_config, None, {"share": 0.0, "budget": budget, "table": 0, "compute": budget}
     base = {"unit_dim": evolver_config.unit_dim, "num_units_per_step": evolver_config.num_units_per_step}
-    memory_fields = base | settings.engram | {"hidden_size": evolver_config.hidden_size, "use_table": False}
-    memory_fields |= {"injection_layers": [0], "embedding_dim": settings.allocation_embedding_dim}
-    probe = memory_config_for(evolver_config, memory_fields)
-    tables = len(probe.ngram_orders) * probe.num_hash_heads
-    rows = max(int(share * budget / (tables * probe.embedding_dim)), 2)
-    engram_config = VeltrixEngramConfig(**(memory_fields | {"parametric_table_size": rows}))
-    with torch.device("meta"):
-        engram = VeltrixEngramModel(engram_config)
-    table = engram.embeddings.weight.numel()
-    other = sum(p.numel() for p in engram.parameters()) - table
-    # The evolver's parameter count is affine in its MLP width: two evaluations give the width for the remainder.
-    small, large = (
-        evolver_parameters(VeltrixEvolverConfig(**(evolver_config.to_dict() | {"intermediate_size": w})))
-        for w in (8, 16)
-    )
-    per_width = (large - small) / 8
-    width = max(int(round(8 + (budget - table - other - small) / per_width)), 1)
-    compute_config = VeltrixEvolverConfig(**(evolver_config.to_dict() | {"intermediate_size": width}))
-    compute = evolver_parameters(compute_config) + other
-    return compute_config, engram_config, {"share": share, "budget": budget, "table": table, "compute": compute}
+    memory_fields = base | settings.engram | {"use_table": False, "injection_layers": [0]}
+    memory_fields |= {"embedding_dim": settings.allocation_embedding_dim}
+    ratio = evolver_config.intermediate_size / evolver_config.hidden_size
+    best = None
+    for hidden in range(8, evolver_config.hidden_size + 1, 8):
+        config = VeltrixEvolverConfig(
+            **(evolver_config.to_dict() | {"hidden_size": hidden, "intermediate_size": max(round(ratio * hidden), 1)})
+        )
+        memory = memory_config_for(config, memory_fields | {"parametric_table_size": 2})
+        with torch.device("meta"):
+            engram = VeltrixEngramModel(memory)
+        projections = sum(p.numel() for p in engram.parameters()) - engram.embeddings.weight.numel()
+        compute = evolver_parameters(config) + projections
+        if best is None or abs(compute - (1 - share) * budget) < abs(best[2] - (1 - share) * budget):
+            best = (config, memory, compute)
+    config, memory, compute = best
+    tables = len(memory.ngram_orders) * memory.num_hash_heads
+    rows = max(int((budget - compute) / (tables * memory.embedding_dim)), 2)
+    memory = memory_config_for(config, memory_fields | {"parametric_table_size": rows})
+    table = tables * max(memory.parametric_primes) * memory.embedding_dim
+    counts = {"share": share, "budget": budget, "table": table, "compute": compute}
+    return config, memory, counts | {"realised_share": table / (table + compute)}
 
 
 @torch.no_grad()
@@ -557,7 +578,7 @@ def save_plots(worlds: dict[str, dict], allocation: list[dict], path_prefix: str
         paths["allocation"] = f"{path_prefix}_allocation.png"
         figure = Figure(figsize=(5, 3.5))
         axis = figure.add_subplot()
-        shares = [point["share"] for point in allocation]
+        shares = [point.get("realised_share", point["share"]) for point in allocation]
         for multiple in HORIZON_MULTIPLES:
             axis.plot(
                 shares,

@@ -121,6 +121,21 @@ def _complies(value: Any, rule: _Rule) -> bool:
     return rule.below is None or value < rule.below
 
 
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object in the file `path`; a missing file, invalid JSON or another JSON value raises a `ValueError`
+    that starts with `what` (e.g. "Recipe file <path>" or "`--engram-config` <path>")."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} is not valid JSON: {error}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{what} must hold a JSON object, got {type(values).__name__}.")
+    return values
+
+
 def check_fields(values: dict[str, Any], rules: dict[str, _Rule], prefix: str = "") -> None:
     """Raises a `ValueError` naming the first field of `values` that breaks its rule: what was expected and what
     came (value and type)."""
@@ -291,15 +306,7 @@ class VeltrixTrainingRecipe:
     def from_json_file(cls, path: str) -> "VeltrixTrainingRecipe":
         """Reads and checks a recipe file; a missing or unreadable file, a field this version does not know or a
         bad value raises a `ValueError` naming the file and the field."""
-        if not os.path.isfile(path):
-            raise ValueError(f"Recipe file {path} does not exist.")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"Recipe file {path} is not valid JSON: {error}.") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"Recipe file {path} must hold a JSON object, got {type(values).__name__}.")
+        values = read_json_object(path, f"Recipe file {path}")
         _check_known(values, {item.name for item in fields(cls)}, f"Recipe file {path}")
         try:
             return cls(**values)
