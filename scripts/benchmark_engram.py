@@ -11,8 +11,9 @@ ablations (a random table of the same statistics, the gate fixed to its mean, sh
 horizon, hit and collision rates, FLOPs per step, table size, and the distance of the rollout's states to the nearest
 encoded training state; then the allocation experiment (`--allocation-world`): at the evolver's parameter budget,
 evolvers with parametric memory holding a growing share of it, trained from scratch, scored on validation error.
-The JSON report (BENCHMARKS.md shape) and its plots (`<output>_error_vs_horizon.png`, `_manifold_distance.png`,
-`_allocation.png`) are written at the end.
+The JSON report (BENCHMARKS.md shape), its plots (`<output>_error_vs_horizon.png`, `_manifold_distance.png`,
+`_allocation.png`) and the results tables in the model card (`model_card.md`; with `--quick`, a copy of it in the
+output folder) are written at the end.
 
 `--set FIELD=VALUE` changes a recipe field (`gate.max_steps=400` for a stage's), `--engram FIELD=VALUE` a field of the
 memory's configuration (`VeltrixEngramConfig`, e.g. `--engram table_value='"delta"'`).
@@ -20,6 +21,7 @@ memory's configuration (`VeltrixEngramConfig`, e.g. `--engram table_value='"delt
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
@@ -66,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--engram", action="append", default=[], metavar="FIELD=VALUE", help="override a memory config field"
     )
+    parser.add_argument("--model-card", default=None, help="model card to write the tables into")
     parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in under a minute")
     return parser.parse_args()
 
@@ -88,7 +91,13 @@ def main() -> None:
     if args.allocation_shares is not None:
         values["allocation_shares"] = tuple(args.allocation_shares)
     settings = EngramBenchmarkSettings(**values)
-    run_benchmark(settings, runs_dir, output_dir, args.output)
+    card = args.model_card
+    if card is None:
+        card = os.path.join(REPO_ROOT, "model_card.md")
+        if args.quick:  # a quick run's numbers do not belong in the repository's card
+            os.makedirs(output_dir, exist_ok=True)
+            card = shutil.copy(card, os.path.join(output_dir, "model_card.md"))
+    run_benchmark(settings, runs_dir, output_dir, args.output, card)
     print(f"[veltrix] engram benchmark finished in {time.time() - started:.0f} s")
 
 

@@ -70,6 +70,8 @@ def test_quick_run_reports_every_figure(quick_run):
     assert [point["share"] for point in results["allocation"]] == [0.0, 0.25]
     for path in results["plots"].values():
         assert Path(path).is_file()
+    card = (output.parent / "report_runs" / "model_card.md").read_text()
+    assert "benchmark_engram.py results: start" in card and "| pendulum | random_table |" in card
 
 
 def test_rerun_loads_the_built_memory_and_allocation_points(quick_run):

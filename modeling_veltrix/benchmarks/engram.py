@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..configuration_veltrix import VeltrixEngramConfig, VeltrixEvolverConfig
+from ..evaluation.suite import write_table_into_card
 from ..evaluation.visualization import save_error_grid
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
 from ..modeling_veltrix_engram import VeltrixEngramModel, weights_fingerprint
@@ -597,9 +598,50 @@ def save_plots(worlds: dict[str, dict], allocation: list[dict], path_prefix: str
     return paths
 
 
-def run_benchmark(settings: EngramBenchmarkSettings, runs_dir: str, output_dir: str, report_path: str) -> dict:
+CARD_MARKERS = ("<!-- benchmark_engram.py results: start -->", "<!-- benchmark_engram.py results: end -->")
+
+
+def results_markdown(worlds: dict[str, dict], allocation: list[dict]) -> str:
+    """The model card's tables: per world and variant the latent MSE at 1×, 3×, 10× W, the pixel MSE and the
+    distance to the nearest training state at 10×, the hit rate, the mean α on hits and the FLOPs per step; then the
+    allocation points."""
+    lines = [
+        "| world | variant | latent MSE 1× | 3× | 10× | pixel MSE 10× | distance to training states 10× | hit rate | "
+        "mean α on hits | FLOPs / step |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for world, result in worlds.items():
+        for name, scores in result["variants"].items():
+            latent, pixel = scores["latent_mse_at"], scores["pixel_mse_readout_at"]
+            hit = f"{scores['hit_rate']:.2f}" if "hit_rate" in scores else "–"
+            gate = f"{scores['mean_gate_on_hits']:.3f}" if "mean_gate_on_hits" in scores else "–"
+            lines.append(
+                f"| {world} | {name} | {latent['1x']:.4f} | {latent['3x']:.4f} | {latent['10x']:.4f} | "
+                f"{pixel['10x']:.4f} | {scores['manifold_distance'][-1]:.4f} | {hit} | {gate} | "
+                f"{scores['flops_per_step'] / 1e6:.2f} M |"
+            )
+    if allocation:
+        lines += [
+            "",
+            "| share of the budget in the tables | table parameters | other parameters | latent MSE 1× | 3× | 10× |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for point in allocation:
+            error = point["validation_latent_mse"]
+            share = point.get("realised_share", point["share"])
+            lines.append(
+                f"| {share:.2f} | {point['table']} | {point['compute']} | {error['1x']:.4f} | {error['3x']:.4f} | "
+                f"{error['10x']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def run_benchmark(
+    settings: EngramBenchmarkSettings, runs_dir: str, output_dir: str, report_path: str, card_path: str | None
+) -> dict:
     """Measures every world and the allocation experiment, then writes the JSON report (BENCHMARKS.md shape) to
-    `report_path` and its plots next to it. Returns the report."""
+    `report_path`, its plots next to it, and the results tables into the model card at `card_path` (skipped when
+    None). Returns the report."""
     worlds = {}
     for world in settings.worlds:
         print(f"[veltrix] engram benchmark: world {world}")
@@ -618,4 +660,17 @@ def run_benchmark(settings: EngramBenchmarkSettings, runs_dir: str, output_dir: 
     }
     report["results"]["plots"] = save_plots(worlds, allocation, os.path.splitext(report_path)[0], settings.window)
     save_report(report_path, report)
+    table = results_markdown(worlds, allocation)
+    print(table)
+    if card_path is not None:
+        recipe = settings.recipe
+        caption = (
+            "Measured by `scripts/benchmark_engram.py`: the evolver of `scripts/evaluate.py` on each world, rolled "
+            f"out from {recipe.context_length} context steps to {settings.horizon_multiple}× its training window "
+            f"W = {settings.window}, without and with the Engram memory (its table and learned gate), with the "
+            "bypass and with the three ablations; MSE of the latent state and of the encoder's pixel readout (pixels "
+            "in [0, 1]); distance: RMS distance of the states to the nearest encoded training state. Then the "
+            "allocation experiment: evolvers with parametric memory at one parameter budget, trained from scratch."
+        )
+        write_table_into_card(card_path, table, caption, CARD_MARKERS, "Engram memory")
     return report

@@ -400,17 +400,25 @@ def results_markdown(worlds: dict[str, dict]) -> str:
 CARD_START, CARD_END = "<!-- evaluate.py results: start -->", "<!-- evaluate.py results: end -->"
 
 
-def write_table_into_card(card_path: str, table: str, caption: str) -> None:
-    """Replaces the text between the card's `CARD_START` and `CARD_END` markers by `caption` and `table` (appending
-    a section with the markers when the card has none); written to a temporary file, then renamed."""
+def write_table_into_card(
+    card_path: str,
+    table: str,
+    caption: str,
+    markers: tuple[str, str] = (CARD_START, CARD_END),
+    section: str = "Compared with equal-size baselines",
+) -> None:
+    """Replaces the text between the card's `markers` (by default `CARD_START` and `CARD_END`) by `caption` and
+    `table` (appending a `section` with the markers when the card has none); written to a temporary file, then
+    renamed."""
+    start, end = markers
     with open(card_path, encoding="utf-8") as handle:
         text = handle.read()
-    block = f"{CARD_START}\n{caption}\n\n{table}\n{CARD_END}"
-    if CARD_START in text and CARD_END in text:
-        head, rest = text.split(CARD_START, 1)
-        text = head + block + rest.split(CARD_END, 1)[1]
+    block = f"{start}\n{caption}\n\n{table}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n## Compared with equal-size baselines\n\n" + block + "\n"
+        text = text.rstrip("\n") + f"\n\n## {section}\n\n" + block + "\n"
     temporary = f"{card_path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
