@@ -528,6 +528,9 @@ class VeltrixEngramConfig(PreTrainedConfig):
             missing. Set when the table is built (`set_seen_codes`).
         hit_threshold (`int`, *optional*, defaults to 2):
             A lookup hits when its slot's count is at least this.
+        verify_keys (`bool`, *optional*, defaults to `False`):
+            Whether a lookup also requires the slot's stored fingerprint (of the first n-gram stored there) to be
+            its own n-gram's; a slot first filled by another n-gram is then a miss and the lookup backs off.
         gate_hidden_size (`int`, *optional*, defaults to 32):
             Width of the fusion gate's hidden layer.
         fixed_gate (`float`, *optional*):
@@ -569,6 +572,7 @@ class VeltrixEngramConfig(PreTrainedConfig):
     table_value: str = "next_state"
     snap_to_seen_codes: bool = True
     hit_threshold: int = 2
+    verify_keys: bool = False
     gate_hidden_size: int = 32
     fixed_gate: float | None = None
     bypass_min_count: int = 0

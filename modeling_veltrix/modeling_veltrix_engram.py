@@ -306,6 +306,8 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         best_head = best_head[..., 0]
         count = counts.gather(-1, best_head[..., None])[..., 0] * valid  # (B, O)
         found = count >= config.hit_threshold
+        if config.verify_keys:  # a slot first filled by another n-gram is a miss: back off to a lower order
+            found = found & (self.table_fingerprints[order_only, best_head, best_slot] == keys[..., -1])
         # Back off from the highest order that hits: the last True along the orders.
         ranks = torch.arange(1, orders + 1, device=history.device)
         chosen = (found * ranks).argmax(dim=-1)  # (B,)

@@ -311,3 +311,21 @@ def test_unseen_codes_snap_to_the_nearest_seen_code():
     assert torch.equal(engram.codes(units), raw)
     with pytest.raises(ValueError, match="counts"):
         engram.set_seen_codes(torch.zeros(engram.config.num_codes, dtype=torch.int64))
+
+
+def test_verified_keys_back_off_from_a_slot_of_another_ngram():
+    engram = make_engram(verify_keys=True)
+    history = torch.tensor([[1, 2, 3]])
+    keys = engram.ngram_keys(history)[0][0]  # (orders, heads + 1)
+    slots = engram.slots(keys[None])[0]
+    with torch.no_grad():
+        engram.table_counts[2, :, :] = 9.0  # order 3: every slot full, but of another n-gram
+        engram.table_fingerprints[2] = keys[2, -1] + 1
+        engram.table_counts[1, 0, slots[1, 0]] = 4.0
+        engram.table_counts[1, 1, slots[1, 1]] = 5.0
+        engram.table_fingerprints[1, 0, slots[1, 0]] = keys[1, -1]
+    recall = engram.recall(history)
+    assert recall.orders.tolist() == [2] and recall.foreign.tolist() == [False]
+    engram.config.verify_keys = False
+    recall = engram.recall(history)
+    assert recall.orders.tolist() == [3] and recall.foreign.tolist() == [True]
