@@ -143,12 +143,11 @@ def load_or_build_memory(
     statistics_path = os.path.join(folder, "build_statistics.json")
     if os.path.isfile(statistics_path):
         engram = VeltrixEngramModel.from_pretrained(folder)
-        saved = engram.config.to_dict()
-        wanted = config.to_dict()
-        same = all(saved.get(key) == value for key, value in wanted.items() if not key.endswith("fingerprint"))
-        fits = saved.get("encoder_fingerprint") == weights_fingerprint(encoder) and saved.get(
-            "evolver_fingerprint"
-        ) == weights_fingerprint(evolver)
+        # The memory's own hyper-parameters (not the library's bookkeeping, nor the fingerprints, compared next).
+        names = [name for name in VeltrixEngramConfig.__annotations__ if not name.endswith("fingerprint")]
+        same = all(getattr(engram.config, name) == getattr(config, name) for name in names)
+        fits = engram.config.encoder_fingerprint == weights_fingerprint(encoder)
+        fits = fits and engram.config.evolver_fingerprint == weights_fingerprint(evolver)
         if same and fits:
             print(f"[veltrix] {world}: memory loaded from {folder}")
             with open(statistics_path, encoding="utf-8") as handle:
@@ -373,7 +372,7 @@ def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, 
     for name, rollout in rollouts.items():
         latent = per_horizon_mse(rollout.units, truth)
         pixel = per_horizon_mse((rollout.frames + 1) / 2, (true_frames + 1) / 2)
-        record = {
+        variant_scores = {
             "latent_mse": latent.tolist(),
             "pixel_mse_readout": pixel.tolist(),
             "latent_mse_at": at_multiples(latent, settings.window),
@@ -382,14 +381,14 @@ def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, 
             "flops_per_step": rollout.flops_per_step,
         }
         if rollout.hits is not None:
-            record |= {
+            variant_scores |= {
                 "hit_rate": float(rollout.hits.float().mean()),
                 "hit_rate_per_horizon": rollout.hits.float().mean(dim=0).tolist(),
                 "mean_gate_on_hits": float(rollout.gates[rollout.hits].mean()) if bool(rollout.hits.any()) else 0.0,
                 "bypass_rate": float(rollout.bypassed.float().mean()),
                 "foreign_hit_rate": foreign_hit_rate(variants[name], context, rollout.units),
             }
-        scores[name] = record
+        scores[name] = variant_scores
     result = {
         "variants": scores,
         "truth_manifold_distance": manifold_distance(truth, references).tolist(),
