@@ -16,12 +16,12 @@ from modeling_veltrix.benchmarks.engram import (
     VARIANTS,
     EngramBenchmarkSettings,
     allocation_configs,
-    bypassing,
     evolver_parameters,
-    fixed_gate,
     manifold_distance,
-    random_table,
-    shuffled_keys,
+    with_bypass,
+    with_fixed_gate,
+    with_random_table,
+    with_shuffled_keys,
 )
 from modeling_veltrix.configuration_veltrix import VeltrixEvolverConfig
 from modeling_veltrix.training import VeltrixTrainingRecipe
@@ -90,7 +90,7 @@ def test_random_table_keeps_hits_and_statistics_but_not_values():
     with torch.no_grad():
         engram.table_counts[:, :, :20] = 3.0
         engram.table_states[:, :, :20] = engram.table_states[:, :, :20] * 2 + 1
-    ablated = random_table(engram, seed=0)
+    ablated = with_random_table(engram, seed=0)
     assert torch.equal(ablated.table_counts, engram.table_counts)
     occupied = engram.table_counts > 0
     original, noise = engram.table_states[occupied], ablated.table_states[occupied]
@@ -106,7 +106,7 @@ def test_shuffled_keys_permute_occupied_entries_only():
     fill_table(engram, count=0.0)
     with torch.no_grad():
         engram.table_counts[:, :, :10] = torch.arange(1.0, 11.0)
-    ablated = shuffled_keys(engram, seed=0)
+    ablated = with_shuffled_keys(engram, seed=0)
     for order in range(engram.table_counts.shape[0]):
         for head in range(engram.table_counts.shape[1]):
             counts = ablated.table_counts[order, head, :10]
@@ -118,8 +118,8 @@ def test_shuffled_keys_permute_occupied_entries_only():
 
 def test_fixed_gate_and_bypass_are_copies():
     engram = make_engram()
-    assert fixed_gate(engram, 0.3).config.fixed_gate == pytest.approx(0.3) and engram.config.fixed_gate is None
-    assert bypassing(engram, 5).config.bypass_min_count == 5 and engram.config.bypass_min_count == 0
+    assert with_fixed_gate(engram, 0.3).config.fixed_gate == pytest.approx(0.3) and engram.config.fixed_gate is None
+    assert with_bypass(engram, 5).config.bypass_min_count == 5 and engram.config.bypass_min_count == 0
 
 
 def test_manifold_distance_is_zero_on_reference_states():

@@ -324,7 +324,7 @@ def test_code_count_disagreeing_with_the_saved_tables_is_named(saved, tmp_path, 
     folder = tmp_path / "pipeline"
     shutil.copytree(saved[0], folder)
     set_engram_config(folder, fsq_levels=[3, 3, 3])  # one more quantized dimension than the saved projections
-    with pytest.raises(VeltrixRepositoryError, match=r"wrong shape: quantizer\.project_in\.weight") as caught:
+    with pytest.raises(VeltrixRepositoryError, match=r"wrong shape: .*quantizer\.project_in\.weight") as caught:
         if loader == "VeltrixPipeline":
             VeltrixPipeline.from_pretrained(folder)
         else:

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..configuration_veltrix import VeltrixEngramConfig, VeltrixEvolverConfig
+from ..evaluation.rollouts import per_horizon_mse
 from ..evaluation.suite import write_table_into_card
 from ..evaluation.visualization import save_error_grid
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
@@ -162,7 +163,7 @@ def load_or_build_memory(
     return engram.eval(), statistics
 
 
-def random_table(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
+def with_random_table(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
     """Ablation (a): a copy whose occupied slots hold random values of the table's per-channel mean and standard
     deviation (over occupied slots); counts, step sizes and keys are kept, so it hits exactly where the memory does."""
     ablated = copy.deepcopy(engram)
@@ -175,14 +176,14 @@ def random_table(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
     return ablated
 
 
-def fixed_gate(engram: VeltrixEngramModel, alpha: float) -> VeltrixEngramModel:
+def with_fixed_gate(engram: VeltrixEngramModel, alpha: float) -> VeltrixEngramModel:
     """Ablation (b): a copy whose every hit fuses with the constant `alpha` (the learned gate's mean on hits)."""
     ablated = copy.deepcopy(engram)
     ablated.config.fixed_gate = float(min(max(alpha, 0.0), 1.0))
     return ablated
 
 
-def shuffled_keys(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
+def with_shuffled_keys(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
     """Ablation (c): a copy in which, per order and head, the occupied slots' entries (values, counts, step sizes,
     fingerprints) are permuted among those slots: an n-gram finds an entry, but another n-gram's."""
     ablated = copy.deepcopy(engram)
@@ -199,7 +200,7 @@ def shuffled_keys(engram: VeltrixEngramModel, seed: int) -> VeltrixEngramModel:
     return ablated
 
 
-def bypassing(engram: VeltrixEngramModel, min_count: int) -> VeltrixEngramModel:
+def with_bypass(engram: VeltrixEngramModel, min_count: int) -> VeltrixEngramModel:
     """A copy that takes the remembered state on hits of the highest order with at least `min_count`
     observations."""
     variant = copy.deepcopy(engram)
@@ -279,9 +280,9 @@ def manifold_distance(units: torch.Tensor, references: torch.Tensor, chunk: int 
     return (nearest / width**0.5).reshape(n, horizon).mean(dim=0).numpy()
 
 
-def per_horizon_mse(prediction: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-    """(N, H, ...) -> mean squared error per horizon (H,)."""
-    return (prediction - truth).pow(2).flatten(2).mean(dim=(0, 2)).numpy()
+def mean_error_per_horizon(prediction: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """(N, H, ...) -> mean squared error per horizon (H,), averaged over trajectories."""
+    return per_horizon_mse(prediction, truth).mean(dim=0).numpy()
 
 
 @torch.no_grad()
@@ -360,18 +361,18 @@ def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, 
         if name == "fixed_gate":
             memory = rollouts["memory"]
             hit_gates = memory.gates[memory.hits]
-            variants[name] = fixed_gate(engram, float(hit_gates.mean()) if hit_gates.numel() else 0.0)
+            variants[name] = with_fixed_gate(engram, float(hit_gates.mean()) if hit_gates.numel() else 0.0)
         elif name == "random_table":
-            variants[name] = random_table(engram, recipe.seed)
+            variants[name] = with_random_table(engram, recipe.seed)
         elif name == "shuffled_keys":
-            variants[name] = shuffled_keys(engram, recipe.seed)
+            variants[name] = with_shuffled_keys(engram, recipe.seed)
         elif name == "bypass":
-            variants[name] = bypassing(engram, settings.bypass_min_count)
+            variants[name] = with_bypass(engram, settings.bypass_min_count)
         rollouts[name] = roll_out_variant(encoder, evolver, variants[name], held_out, settings)
     scores = {}
     for name, rollout in rollouts.items():
-        latent = per_horizon_mse(rollout.units, truth)
-        pixel = per_horizon_mse((rollout.frames + 1) / 2, (true_frames + 1) / 2)
+        latent = mean_error_per_horizon(rollout.units, truth)
+        pixel = mean_error_per_horizon((rollout.frames + 1) / 2, (true_frames + 1) / 2)
         variant_scores = {
             "latent_mse": latent.tolist(),
             "pixel_mse_readout": pixel.tolist(),
@@ -463,7 +464,7 @@ def validation_error(
             for i in range(0, len(held_out), settings.batch_size)
         ]
     )
-    return at_multiples(per_horizon_mse(rollout.units, truth), settings.window)
+    return at_multiples(mean_error_per_horizon(rollout.units, truth), settings.window)
 
 
 def allocation_experiment(settings: EngramBenchmarkSettings, runs_dir: str, output_dir: str) -> list[dict]:
