@@ -165,7 +165,7 @@ def test_an_empty_memory_leaves_the_evolver_unchanged():
     plain = evolver.rollout(context, 5, actions=actions[:, :11]).units
     remembered = evolver.rollout(context, 5, actions=actions[:, :11], engram=engram)
     assert torch.equal(plain, remembered.units)
-    assert not bool(remembered.memory_hits.any()) and float(remembered.memory_gates.abs().sum()) == 0.0
+    assert not bool(remembered.memory_hits.any()) and float(remembered.memory_gates.detach().abs().sum()) == 0.0
 
 
 def test_a_filled_table_moves_the_rollout_towards_memory():
