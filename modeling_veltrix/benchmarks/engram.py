@@ -20,7 +20,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-import datasets
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_veltrix import VeltrixEngramConfig, VeltrixEvolverConfig
 from ..evaluation.rollouts import per_horizon_mse
-from ..evaluation.suite import write_table_into_card
+from ..evaluation.suite import held_out_dataset, write_table_into_card
 from ..evaluation.visualization import save_error_grid
 from ..modeling_veltrix_encoder import VeltrixEncoderModel
 from ..modeling_veltrix_engram import VeltrixEngramModel, weights_fingerprint
@@ -45,7 +44,7 @@ from ..training import (
     world_action_dim,
 )
 from ..training.engram import build_engram, memory_config_for, train_parametric
-from ..worlds import WORLDS, build_world_dataset
+from ..worlds import WORLDS
 from .reports import save_report
 
 VARIANTS = ("no_memory", "memory", "bypass", "random_table", "fixed_gate", "shuffled_keys")
@@ -311,18 +310,6 @@ def table_bytes(engram: VeltrixEngramModel) -> int:
     return sum(getattr(engram, name).numel() * getattr(engram, name).element_size() for name in names)
 
 
-def held_out_trajectories(settings: EngramBenchmarkSettings, world: str) -> datasets.Dataset:
-    """Held-out trajectories of `world` (the recipe's evaluation seed and count) long enough for the context and
-    the whole horizon, in torch format."""
-    recipe = settings.recipe
-    return build_world_dataset(
-        world,
-        num_trajectories=recipe.num_eval_trajectories,
-        num_steps=recipe.context_length + settings.horizon,
-        seed=recipe.eval_seed,
-    ).with_format("torch")
-
-
 def world_record(settings: EngramBenchmarkSettings, engram: VeltrixEngramModel) -> dict:
     """What a saved world result must match to be reused: the settings that shape it (not the allocation
     experiment's) and the memory's fingerprint."""
@@ -345,7 +332,7 @@ def measure_world(settings: EngramBenchmarkSettings, world: str, runs_dir: str, 
             print(f"[veltrix] {world}: scores loaded from {path}")
             return saved["result"]
     recipe = settings.recipe
-    held_out = held_out_trajectories(settings, world)
+    held_out = held_out_dataset(settings.recipe, world, settings.horizon)
     frames = held_out[:]["pixel_values"]
     with torch.no_grad():
         context = torch.cat(
@@ -484,7 +471,7 @@ def allocation_experiment(settings: EngramBenchmarkSettings, runs_dir: str, outp
     recipe = world_recipe(settings, world)
     encoder, evolver = load_world_models(settings, world, runs_dir)
     train, _ = build_datasets(recipe)
-    held_out = held_out_trajectories(settings, world)
+    held_out = held_out_dataset(settings.recipe, world, settings.horizon)
     points = []
     for share in settings.allocation_shares:
         folder = os.path.join(output_dir, "allocation", f"share_{share:g}")

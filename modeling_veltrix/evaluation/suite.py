@@ -147,13 +147,13 @@ def train_world(settings: SuiteSettings, world: str, output_dir: str) -> WorldMo
     return WorldModels(assemble_pipeline(models, settings.preset), predictors, probe.eval())
 
 
-def held_out_dataset(settings: SuiteSettings, world: str) -> datasets.Dataset:
-    """Held-out trajectories of `world` long enough for the context and the whole horizon (torch format)."""
-    recipe = settings.recipe
+def held_out_dataset(recipe: VeltrixTrainingRecipe, world: str, horizon: int) -> datasets.Dataset:
+    """Held-out trajectories of `world` (the recipe's evaluation count and seed) long enough for its context and
+    `horizon` future steps (torch format)."""
     return build_world_dataset(
         world,
         num_trajectories=recipe.num_eval_trajectories,
-        num_steps=recipe.context_length + settings.horizon,
+        num_steps=recipe.context_length + horizon,
         seed=recipe.eval_seed,
     ).with_format("torch")
 
@@ -320,7 +320,7 @@ def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tupl
         if saved.get("settings") == record:
             print(f"[veltrix] {world}: scores loaded from {path}")
             return saved["result"], models.pipeline
-    held_out = held_out_dataset(settings, world)
+    held_out = held_out_dataset(settings.recipe, world, settings.horizon)
     rollouts = roll_out_world(models, held_out, settings, world)
     probe_floor = load_metric("energy_drift").compute(
         predictions=list(rollouts.probed_true_energies.float().numpy()),
