@@ -358,6 +358,11 @@ class VeltrixEvolverConfig(PreTrainedConfig):
             Epsilon of the RMS norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of linear layers.
+        sampling_head_layers (`int`, *optional*, defaults to 0):
+            Blocks of the stochastic head, a flow-matching sampler of the next state's change given the evolver's
+            per-step output (`rollout(..., sample=True)`); 0 builds no head, and the evolver only predicts the mean.
+        sampling_steps (`int`, *optional*, defaults to 4):
+            Euler steps of the stochastic head's flow from noise to a sampled change.
 
     Example:
 
@@ -398,6 +403,8 @@ class VeltrixEvolverConfig(PreTrainedConfig):
     use_mamba_kernels: bool = True
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
+    sampling_head_layers: int = 0
+    sampling_steps: int = 4
 
     def __post_init__(self, **kwargs):
         for name in (
@@ -424,6 +431,10 @@ class VeltrixEvolverConfig(PreTrainedConfig):
             _require_positive(name, getattr(self, name))
         if self.action_dim < 0:
             raise ValueError(f"`action_dim` must be >= 0, got {self.action_dim}.")
+        for name in ("sampling_head_layers", "sampling_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "sampling_steps" else 0):
+                raise ValueError(f"`{name}` must be an int >= {int(name == 'sampling_steps')}, got {value!r}.")
         _require_choice("unit_mixer", self.unit_mixer, UNIT_MIXERS)
         _require_choice("scan_implementation", self.scan_implementation, SCAN_IMPLEMENTATIONS)
         if self.unit_mixer == "conv":

@@ -34,6 +34,8 @@ _state = threading.local()
 CLOCK_DTYPE = torch.float64
 """The dtype of a rollout's clock: times are held and subtracted in float64, only step sizes take the model's."""
 MAX_ROLLOUT_STEPS = 100_000
+# The most futures sampled from one context in one call.
+MAX_NUM_SAMPLES = 1024
 """The longest horizon (`num_steps`, `num_future_steps`) a call takes; checked before anything is allocated."""
 MAX_INFERENCE_STEPS = 1000
 """The most Euler steps of the flow decoder (`num_inference_steps`): the scheduler's 1000 training timesteps."""

@@ -14,7 +14,7 @@ stability regulariser) and `midpoint_rollout` (a time-consistency objective) are
 """
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 from .configuration_veltrix import VeltrixEvolverConfig
 from .input_validation import (
     CLOCK_DTYPE,
+    MAX_NUM_SAMPLES,
     MAX_ROLLOUT_STEPS,
     check_count,
     check_finite,
@@ -39,7 +40,9 @@ from .input_validation import (
     same_device,
 )
 from .modulation import modulate
+from .sampling_head import VeltrixSamplingHead
 from .selective_ssm import VeltrixRMSNorm, VeltrixSelectiveSSM
+from .unit_mixing import UNIT_MIXER_CLASSES, VeltrixZeroInitLinear
 from .weights_check import VeltrixCheckedLoadingMixin
 
 
@@ -61,53 +64,6 @@ def check_rollout_state(state: torch.Tensor, step: int) -> None:
             f"The evolved state of future step {step} is not finite (NaN or inf): the `timestamps`, `actions` or "
             "`interventions` of this rollout drive the evolver out of its float range."
         )
-
-
-class VeltrixZeroInitLinear(nn.Linear):
-    """A linear layer initialised to zero: adaLN modulation (identity at init) and the velocity head."""
-
-
-class VeltrixConvUnitMixer(nn.Module):
-    """Mixes units within a step by a depthwise convolution over the unit grid, then a pointwise projection."""
-
-    def __init__(self, config: VeltrixEvolverConfig):
-        super().__init__()
-        self.grid_size = config.unit_grid_size
-        self.depthwise = nn.Conv2d(
-            config.hidden_size,
-            config.hidden_size,
-            config.mixing_kernel_size,
-            padding=config.mixing_kernel_size // 2,
-            groups=config.hidden_size,
-        )
-        self.pointwise = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, U, H) -> (N, U, H), with U = grid_size²."""
-        n, u, h = x.shape
-        grid = x.transpose(1, 2).reshape(n, h, self.grid_size, self.grid_size)
-        mixed = self.depthwise(grid).reshape(n, h, u).transpose(1, 2)
-        return self.pointwise(F.gelu(mixed))
-
-
-class VeltrixAttentionUnitMixer(nn.Module):
-    """Mixes units within a step by multi-head self-attention over the unit axis."""
-
-    def __init__(self, config: VeltrixEvolverConfig):
-        super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, U, H) -> (N, U, H)."""
-        n, u, h = x.shape
-        q, k, v = self.qkv(x).reshape(n, u, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (N, heads, U, head_dim)
-        return self.out_proj(attended.transpose(1, 2).reshape(n, u, h))
-
-
-UNIT_MIXER_CLASSES = {"conv": VeltrixConvUnitMixer, "attention": VeltrixAttentionUnitMixer}
 
 
 class VeltrixConditionEmbedding(nn.Module):
@@ -294,6 +250,21 @@ def _actions_at(actions: torch.Tensor | None, context_length: int) -> Callable[[
     return lambda k: None if actions is None else actions[:, context_length - 1 + k]
 
 
+def _noise_source(like: torch.Tensor, generator: torch.Generator | None) -> Callable[[int], torch.Tensor]:
+    """`noise_at(k)`: standard normal noise shaped, typed and placed like `like` (B, U, D) for future step k, the
+    same at every call with the same k (so a counterfactual branch draws its factual branch's noise): drawn from a
+    generator seeded with k plus one base seed taken from `generator` (or the global RNG), so nothing is held per
+    step."""
+    seed_device = "cpu" if generator is None else generator.device
+    base_seed = int(torch.randint(0, 2**62, (), generator=generator, device=seed_device))
+
+    def noise_at(k: int) -> torch.Tensor:
+        step_generator = torch.Generator(device=like.device).manual_seed(base_seed + k)
+        return torch.randn(like.shape, generator=step_generator, dtype=like.dtype, device=like.device)
+
+    return noise_at
+
+
 def _check_mode(mode: str | None, actions: torch.Tensor | None, interventions: object) -> None:
     """Checks `rollout`'s mode (or its default) against its actions and interventions."""
     mode = _resolve_mode(mode, actions, interventions)
@@ -324,6 +295,8 @@ class VeltrixEvolverPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel)
             # Identity modulation (scale = shift = 0) and dS/dt = 0: an untrained evolver predicts no motion.
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, VeltrixSamplingHead):
+            init.ones_(module.change_scale)
 
 
 @dataclass
@@ -336,11 +309,14 @@ class VeltrixEvolverOutput(ModelOutput):
             The predicted time derivative `dS/dt` (per second) at every step.
         cache (`VeltrixEvolverCache`, *optional*):
             The recurrent state after the last step, returned when `use_cache=True`.
+        sampling_loss (`torch.Tensor`, *optional*):
+            The stochastic head's flow-matching loss (a scalar) of `sampling_targets`, when they are given.
     """
 
     predicted_units: torch.Tensor | None = None
     velocities: torch.Tensor | None = None
     cache: VeltrixEvolverCache | None = None
+    sampling_loss: torch.Tensor | None = None
 
 
 @dataclass
@@ -355,6 +331,11 @@ class VeltrixRolloutOutput(ModelOutput):
             units (0 on misses; 1 on bypassed steps).
         memory_bypassed (`torch.Tensor` of shape `(B, num_steps)`, *optional*): steps that took the remembered state
             and skipped the evolver's prediction (bool).
+        sample_spread (`torch.Tensor` of shape `(B, num_steps)`, *optional*): with `num_samples > 1`, per context
+            and step the standard deviation across its samples, averaged over units and channels (an uncertainty).
+
+    With `num_samples = K`, the batch axis of `units`, `timestamps` and the memory's outputs holds `B·K` futures,
+    the K samples of context b at rows `b·K … b·K + K − 1` (as `num_return_sequences` in transformers' `generate`).
     """
 
     units: torch.Tensor | None = None
@@ -362,6 +343,7 @@ class VeltrixRolloutOutput(ModelOutput):
     memory_hits: torch.Tensor | None = None
     memory_gates: torch.Tensor | None = None
     memory_bypassed: torch.Tensor | None = None
+    sample_spread: torch.Tensor | None = None
 
 
 @dataclass
@@ -541,7 +523,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         self.layers = nn.ModuleList(VeltrixEvolverBlock(config) for _ in range(config.num_hidden_layers))
         self.norm_f = VeltrixRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.velocity_head = VeltrixZeroInitLinear(config.hidden_size, config.unit_dim)
+        self.sampling_head = VeltrixSamplingHead(config) if config.sampling_head_layers else None
         self.post_init()
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether the evolver has a stochastic head (`config.sampling_head_layers > 0`), which `sample=True`
+        needs."""
+        return self.sampling_head is not None
 
     @property
     def kernel_path(self) -> str:
@@ -558,6 +547,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         use_cache: bool = False,
         return_dict: bool = True,
         engram: nn.Module | None = None,
+        sampling_targets: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> VeltrixEvolverOutput | tuple:
         r"""
         Args:
@@ -571,10 +562,15 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             use_cache (`bool`): also return the recurrent state after the last step, to continue with `step`.
             engram (`VeltrixEngramModel`, *optional*): an Engram memory of this evolver; its parametric memory (if
                 any) is added in front of its injection layers, and the cache keeps the codes of the last steps.
+            sampling_targets (`torch.Tensor` of shape `(B, T, U, D)`, *optional*): the true states at
+                `prediction_timestamps`; the output then carries the stochastic head's flow-matching loss of them
+                (`sampling_loss`, needs `config.sampling_head_layers > 0`).
+            generator (`torch.Generator`, *optional*): the source of that loss's noise and flow times.
         """
         if checks_enabled():
             self._check_forward_inputs(units, timestamps, actions, prediction_timestamps)
             self._check_engram(engram)
+            self._check_sampling_targets(units, sampling_targets, generator)
         timestamps, step_sizes = self._teacher_forcing_clock(units, timestamps, prediction_timestamps)
         reference = self.config.dt_reference
         # Times may be float64 (the clock's dtype): differences are taken in it, step sizes cast to the model's.
@@ -592,13 +588,55 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
         predicted, velocities = self._velocity_to_units(units, hidden, step_sizes)
+        sampling_loss = None
+        if sampling_targets is not None:
+            target_change = (sampling_targets - units) / step_sizes[..., None, None]
+            sampling_loss = self.sampling_head.loss(
+                self.norm_f(hidden).flatten(0, 1), condition.flatten(0, 1), target_change.flatten(0, 1), generator
+            )
         cache = None
         if use_cache:
             history = None if histories is None else histories[:, -1]
             cache = VeltrixEvolverCache(conv_states, ssm_states, timestamps[:, -1], history)
         if not return_dict:
-            return tuple(v for v in (predicted, velocities, cache) if v is not None)
-        return VeltrixEvolverOutput(predicted_units=predicted, velocities=velocities, cache=cache)
+            return tuple(v for v in (predicted, velocities, cache, sampling_loss) if v is not None)
+        return VeltrixEvolverOutput(
+            predicted_units=predicted, velocities=velocities, cache=cache, sampling_loss=sampling_loss
+        )
+
+    def _check_sampling_targets(
+        self, units: torch.Tensor, sampling_targets: torch.Tensor | None, generator: torch.Generator | None
+    ) -> None:
+        """Requires no `sampling_targets`, or a stochastic head and targets (B, T, U, D) shaped like `units`."""
+        if sampling_targets is None:
+            return
+        self._require_sampling_head("sampling_targets")
+        check_shape(
+            "sampling_targets", sampling_targets, tuple(units.shape), dtype=self.dtype, device=input_device(self)
+        )
+        check_finite("sampling_targets", sampling_targets)
+        check_generator("generator", generator, batch_size=None)
+
+    def _require_sampling_head(self, name: str) -> None:
+        if not self.can_sample:
+            raise ValueError(
+                f"`{name}` needs the stochastic head, but this evolver has none (config.sampling_head_layers=0)."
+            )
+
+    def _check_sampling(self, sample: bool, num_samples: int, generator: torch.Generator | None) -> None:
+        """Checks `sample` (a bool; True needs the head), `num_samples` (an int >= 1; > 1 needs `sample=True`) and
+        `generator`."""
+        if not isinstance(sample, bool):
+            raise ValueError(f"`sample` must be a bool, got {sample!r}.")
+        if sample:
+            self._require_sampling_head("sample=True")
+        check_count("num_samples", num_samples, MAX_NUM_SAMPLES)
+        if num_samples > 1 and not sample:
+            raise ValueError(
+                f"`num_samples` > 1 needs `sample=True` (the mean prediction is one future), got num_samples="
+                f"{num_samples} with sample=False."
+            )
+        check_generator("generator", generator, batch_size=None)
 
     @staticmethod
     def _memory(engram: nn.Module | None, histories: torch.Tensor | None) -> torch.Tensor | None:
@@ -702,6 +740,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         prediction_timestamp: torch.Tensor,
         actions: torch.Tensor | None = None,
         engram: nn.Module | None = None,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
         """Feeds one observed (or predicted) state and predicts the next.
 
@@ -713,6 +753,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             actions: (B, A) the actions applied at this step, or `None` for the null condition.
             engram: an Engram memory, as in `rollout` (the cache must come from a call with the same memory): the
                 step is a rollout step, fused with the memory's recall.
+            sample: sample the next state with the stochastic head instead of predicting its mean.
+            generator: the source of the sample's noise (B, U, D).
 
         Returns:
             The predicted state (B, U, D) at `prediction_timestamp` and the updated cache (`cache` stays valid).
@@ -720,9 +762,13 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         if checks_enabled():
             self._check_engram(engram)
             self._check_step_inputs(units, cache, timestamp, prediction_timestamp, actions, engram)
+            self._check_sampling(sample, 1, generator)
+        noise = None
+        if sample:
+            noise = torch.randn(units.shape, generator=generator, dtype=units.dtype, device=units.device)
         if engram is None:
-            return self._step(units, cache, timestamp, prediction_timestamp, actions)
-        state, cache, _ = self._remembering_step(units, cache, timestamp, prediction_timestamp, actions, engram)
+            return self._step(units, cache, timestamp, prediction_timestamp, actions, noise=noise)
+        state, cache, _ = self._remembering_step(units, cache, timestamp, prediction_timestamp, actions, engram, noise)
         return state, cache
 
     def _step(
@@ -735,11 +781,13 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         engram: nn.Module | None = None,
         history: torch.Tensor | None = None,
         predict: bool = True,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
         """`step` without input checks (rollouts check their inputs once) and without the memory's recall. With
         `engram`, `history` (B, max_order) holds the codes up to this step's (the parametric memory reads it, the
         cache keeps it). `predict=False` only advances the recurrent state: the last layer's MLP and the head, which
-        only the prediction needs, are skipped, and None is returned in its place."""
+        only the prediction needs, are skipped, and None is returned in its place. With `noise` (B, U, D), the
+        stochastic head samples the prediction from it."""
         reference = self.config.dt_reference
         gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
         step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
@@ -760,6 +808,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         cache = VeltrixEvolverCache(conv_states, ssm_states, timestamp, history)
         if not predict:
             return None, cache
+        if noise is not None:
+            change_per_interval = self.sampling_head.sample(self.norm_f(hidden), condition, noise)
+            return units + step_sizes[:, None, None] * change_per_interval, cache
         predicted, _ = self._velocity_to_units(units[:, None], hidden[:, None], step_sizes[:, None])
         return predicted[:, 0], cache
 
@@ -771,14 +822,18 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         prediction_timestamp: torch.Tensor,
         actions: torch.Tensor | None,
         engram: nn.Module,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, VeltrixEvolverCache, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """A rollout step with an Engram memory: the state's code joins the history; the table's recall (if the
         memory has a table) is fused with the prediction by the gate, and trajectories with a confident hit take the
-        remembered state and only advance their recurrent state (`_step(predict=False)`). Returns the next state
-        (B, U, D), the cache, and per trajectory (hit, mean α, bypassed)."""
+        remembered state and only advance their recurrent state (`_step(predict=False)`); with `noise` (B, U, D) the
+        prediction is sampled. Returns the next state (B, U, D), the cache, and per trajectory (hit, mean α,
+        bypassed)."""
         history = engram.push_codes(cache.code_history, engram.codes(units[:, None])[:, 0])
         if not engram.has_table:
-            predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
+            predicted, cache = self._step(
+                units, cache, timestamp, prediction_timestamp, actions, engram, history, noise=noise
+            )
             missed = torch.zeros(units.shape[0], dtype=torch.bool, device=units.device)
             return predicted, cache, (missed, torch.zeros_like(missed, dtype=units.dtype), missed)
         step_sizes = (prediction_timestamp - timestamp).to(units.dtype)
@@ -786,10 +841,12 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         bypass = recall.confident
         if bool(bypass.any()):
             predicted, cache = self._bypassed_step(
-                units, cache, timestamp, prediction_timestamp, actions, engram, history, bypass
+                units, cache, timestamp, prediction_timestamp, actions, engram, history, bypass, noise
             )
         else:
-            predicted, cache = self._step(units, cache, timestamp, prediction_timestamp, actions, engram, history)
+            predicted, cache = self._step(
+                units, cache, timestamp, prediction_timestamp, actions, engram, history, noise=noise
+            )
         fused, alpha = engram.anchor(predicted, recall, step_sizes)
         bypassed = bypass[:, None, None]
         state = torch.where(bypassed, recall.states.to(units.dtype), fused)
@@ -806,9 +863,11 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         engram: nn.Module,
         history: torch.Tensor,
         bypass: torch.Tensor,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, VeltrixEvolverCache]:
-        """`_step` that predicts for the trajectories not in `bypass` (B,) bool and only advances the recurrent state
-        of the others; their prediction is left as their input state (the caller replaces it)."""
+        """`_step` that predicts (or, with `noise` (B, U, D), samples) for the trajectories not in `bypass` (B,)
+        bool and only advances the recurrent state of the others; their prediction is left as their input state (the
+        caller replaces it)."""
         units_per_step = self.config.num_units_per_step
         parts, predicted = [], units.clone()
         for rows, predict in ((torch.nonzero(~bypass)[:, 0], True), (torch.nonzero(bypass)[:, 0], False)):
@@ -824,6 +883,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 engram,
                 history[rows],
                 predict,
+                None if noise is None else noise[rows],
             )
             if predict:
                 predicted = predicted.index_copy(0, rows, state)
@@ -883,18 +943,20 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         start: int,
         stop: int,
         engram: nn.Module | None = None,
+        noise_at: Callable[[int], torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, VeltrixEvolverCache, tuple[torch.Tensor, ...] | None]]:
         """Open-loop future steps `start, ..., stop - 1`: step k feeds the state (B, U, D) at `time_at(k)` and
-        predicts the one at `time_at(k + 1)` under `actions_at(k)` (fused with `engram`'s recall when given), then
-        adds `state_deltas.get(k)`; yields the predicted state, the cache and, with a memory, (hits, mean α,
-        bypassed) (B,) after each step."""
+        predicts the one at `time_at(k + 1)` under `actions_at(k)` (sampled from `noise_at(k)` when given; fused
+        with `engram`'s recall when given), then adds `state_deltas.get(k)`; yields the predicted state, the cache
+        and, with a memory, (hits, mean α, bypassed) (B,) after each step."""
         record = None
         for k in range(start, stop):
+            noise = None if noise_at is None else noise_at(k)
             if engram is None:
-                state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k))
+                state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k), noise=noise)
             else:
                 state, cache, record = self._remembering_step(
-                    state, cache, time_at(k), time_at(k + 1), actions_at(k), engram
+                    state, cache, time_at(k), time_at(k + 1), actions_at(k), engram, noise
                 )
             if k in state_deltas:
                 state = state + state_deltas[k]
@@ -910,6 +972,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         mode: str | None = None,
         interventions: VeltrixIntervention | list[VeltrixIntervention] | None = None,
         engram: nn.Module | None = None,
+        sample: bool = False,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
     ) -> VeltrixRolloutOutput | VeltrixCounterfactualRolloutOutput:
         r"""Evolves the state `num_steps` steps past the context, feeding each prediction back (open loop).
 
@@ -936,6 +1001,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 with the prediction, `Ŝ = Ŝ_pred + α·(m − Ŝ_pred)`, and confident hits take the remembered state
                 (`bypass_min_count`). The output then carries `memory_hits`, `memory_gates` and `memory_bypassed`
                 of the factual branch.
+            sample (`bool`): sample each next state with the stochastic head (`config.sampling_head_layers > 0`)
+                instead of predicting its mean; the states fed back are the samples. The counterfactual branch
+                draws the same noise as the factual one at every step, so the branches differ only through the
+                interventions.
+            num_samples (`int`): with `sample=True`, how many futures to sample from each context, in one batched
+                pass from one prefill of the context (see [`VeltrixRolloutOutput`] for the layout).
+            generator (`torch.Generator`, *optional*): the source of the samples' noise: the same seed gives the
+                same futures.
 
         Returns:
             [`VeltrixRolloutOutput`], or [`VeltrixCounterfactualRolloutOutput`] for `mode="counterfactual"`.
@@ -943,32 +1016,40 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps, mode, interventions)
             self._check_engram(engram)
+            self._check_sampling(sample, num_samples, generator)
         b, t = context.shape[:2]
         mode, edits = _resolve_mode(mode, actions, interventions), _intervention_list(interventions)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
         if timestamps is None:
             timestamps = regular_timestamps(b, t + num_steps, self.config.dt_reference, context, CLOCK_DTYPE)
-        context_times, time_at = self._rollout_times(context, timestamps)
+        cache = self._prefill(context, timestamps[:, :t], actions, engram)
+        if num_samples > 1:
+            context, actions, timestamps, edits, cache = self._repeat_for_samples(
+                num_samples, context, actions, timestamps, edits, cache
+            )
+        _, time_at = self._rollout_times(context, timestamps)
         actions_at = _actions_at(actions, t)
-        cache = self._prefill(context, context_times, actions, engram)
+        noise_at = _noise_source(context[:, -1], generator) if sample else None
         fork_step = min((edit.step for edit in edits), default=num_steps)
         fork = (context[:, -1], cache)
         factual, records = [], []
-        steps = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram)
+        steps = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram, noise_at)
         for k, (state, cache_after, record) in enumerate(steps):
             factual.append(state)
             records.append(record)
             if k + 1 == fork_step:
                 fork = (state, cache_after)
         units = torch.stack(factual, dim=1)
-        memory = {}
+        extra = {}
         if engram is not None:
             hits, gates, bypassed = (torch.stack(values, dim=1) for values in zip(*records, strict=True))
-            memory = {"memory_hits": hits, "memory_gates": gates, "memory_bypassed": bypassed}
+            extra = {"memory_hits": hits, "memory_gates": gates, "memory_bypassed": bypassed}
+        if num_samples > 1:
+            extra["sample_spread"] = units.unflatten(0, (b, num_samples)).std(dim=1).mean(dim=(2, 3))
         future_times = timestamps[:, t:].to(output_dtype)
         if mode != "counterfactual":
-            return VeltrixRolloutOutput(units=units, timestamps=future_times, **memory)
-        branch = self._counterfactual_branch(fork, fork_step, num_steps, edits, time_at, actions_at, engram)
+            return VeltrixRolloutOutput(units=units, timestamps=future_times, **extra)
+        branch = self._counterfactual_branch(fork, fork_step, num_steps, edits, time_at, actions_at, engram, noise_at)
         counterfactual = torch.cat([units[:, :fork_step], branch], dim=1)
         divergence = (counterfactual - units).pow(2).mean(dim=(2, 3)).sqrt()
         return VeltrixCounterfactualRolloutOutput(
@@ -976,8 +1057,30 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             timestamps=future_times,
             counterfactual_units=counterfactual,
             divergence=divergence,
-            **memory,
+            **extra,
         )
+
+    def _repeat_for_samples(
+        self,
+        num_samples: int,
+        context: torch.Tensor,
+        actions: torch.Tensor | None,
+        timestamps: torch.Tensor,
+        edits: list[VeltrixIntervention],
+        cache: VeltrixEvolverCache,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list[VeltrixIntervention], VeltrixEvolverCache]:
+        """A rollout's per-trajectory inputs and prefilled cache, each trajectory repeated `num_samples` times in a
+        row (trajectory b at rows b·K … b·K + K − 1)."""
+        rows = torch.arange(context.shape[0], device=context.device).repeat_interleave(num_samples)
+
+        def repeated(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value[rows]
+
+        edits = [
+            replace(edit, actions=repeated(edit.actions), state_delta=repeated(edit.state_delta)) for edit in edits
+        ]
+        cache = cache.select(rows, self.config.num_units_per_step)
+        return context[rows], repeated(actions), timestamps[rows], edits, cache
 
     def _counterfactual_branch(
         self,
@@ -988,9 +1091,11 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         time_at: Callable[[int], torch.Tensor],
         actions_at: Callable[[int], torch.Tensor | None],
         engram: nn.Module | None = None,
+        noise_at: Callable[[int], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The counterfactual states (B, num_steps - fork_step, U, D) of future steps `fork_step` on, from `fork`
-        (the state and cache that step feeds), under the factual `actions_at` as edited by `edits`."""
+        (the state and cache that step feeds), under the factual `actions_at` as edited by `edits` (sampled from the
+        factual branch's `noise_at`)."""
 
         def edited_actions_at(k: int) -> torch.Tensor | None:
             """The last intervention replacing the actions of step k wins; else the factual actions."""
@@ -1004,7 +1109,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             if edit.state_delta is not None:
                 previous = state_deltas.get(edit.step)
                 state_deltas[edit.step] = edit.state_delta if previous is None else previous + edit.state_delta
-        branch = self._advance(*fork, time_at, edited_actions_at, state_deltas, fork_step, num_steps, engram)
+        branch = self._advance(*fork, time_at, edited_actions_at, state_deltas, fork_step, num_steps, engram, noise_at)
         return torch.stack([state for state, _, _ in branch], dim=1)
 
     def rollout_stream(
@@ -1014,20 +1119,32 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         actions: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
         engram: nn.Module | None = None,
+        sample: bool = False,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         r"""`rollout` (free or conditional) one future state at a time, in memory independent of the horizon: only
         the cache and the current state are held, and each state is handed to the caller.
 
         Takes `rollout`'s arguments (checked when called, before the first step) and returns an iterator over
-        `(timestamp (B,), units (B, U, D))` for future steps 1 … `num_steps`.
+        `(timestamp (B·K,), units (B·K, U, D))` for future steps 1 … `num_steps` (K = `num_samples`).
         """
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps)
             self._check_engram(engram)
+            self._check_sampling(sample, num_samples, generator)
         t = context.shape[1]
         context_times, time_at = self._rollout_times(context, timestamps)
         cache = self._prefill(context, context_times, actions, engram)
-        states = self._advance(context[:, -1], cache, time_at, _actions_at(actions, t), {}, 0, num_steps, engram)
+        if num_samples > 1:
+            rows = torch.arange(context.shape[0], device=context.device).repeat_interleave(num_samples)
+            context, cache = context[rows], cache.select(rows, self.config.num_units_per_step)
+            actions = None if actions is None else actions[rows]
+            timestamps = None if timestamps is None else timestamps[rows]
+            _, time_at = self._rollout_times(context, timestamps)
+        noise_at = _noise_source(context[:, -1], generator) if sample else None
+        actions_at = _actions_at(actions, t)
+        states = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram, noise_at)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
         return ((time_at(k + 1).to(output_dtype), state) for k, (state, _, _) in enumerate(states))
 

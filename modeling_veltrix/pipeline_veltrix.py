@@ -128,6 +128,15 @@ class VeltrixPipelineOutput(BaseOutput):
         memory_hits (`torch.Tensor` of shape `(B, num_future_steps)`, *optional*): with the Engram memory in use
             (`use_engram`), whether its table remembered each future step's n-gram of codes (bool; of the factual
             branch with `mode="counterfactual"`); `None` without it.
+        sample_spread (`torch.Tensor` of shape `(B, num_future_steps)`, *optional*): with `num_samples = K > 1`,
+            per context and future step the standard deviation of the units across its K sampled futures, averaged
+            over units and channels (the evolver's uncertainty); `None` otherwise.
+
+    With `num_samples = K` (`sample=True`; K is 1 without sampling, and the `K` of the audio shapes counts codebooks),
+    every per-trajectory output (`frames`, `units`, `timestamps`, `captions`, the audio outputs, the counterfactual
+    outputs with `divergence`, and `memory_hits`) holds `B·K` futures where the shapes above say `B`, the K samples of
+    context b at rows `b·K … b·K + K − 1` (as `num_return_sequences` in transformers' `generate`); `sample_spread`
+    alone has one row per context.
     """
 
     frames: list[list[PIL.Image.Image]] | np.ndarray | torch.Tensor | None
@@ -140,6 +149,7 @@ class VeltrixPipelineOutput(BaseOutput):
     counterfactual_units: torch.Tensor | None = None
     divergence: torch.Tensor | None = None
     memory_hits: torch.Tensor | None = None
+    sample_spread: torch.Tensor | None = None
 
 
 class VeltrixPipeline(DiffusionPipeline):
@@ -405,11 +415,14 @@ class VeltrixPipeline(DiffusionPipeline):
         interventions: object = None,
         observed: dict[str, torch.Tensor] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        sample: bool = False,
+        num_samples: int = 1,
     ) -> None:
         """Validates every input of a call once, before anything is computed: the encoder's (`pixel_values` and the
         `observed` text and audio), the evolver's rollout inputs (actions and timestamps of context and future steps,
-        mode, interventions) and the pipeline's own (counts capped by `MAX_ROLLOUT_STEPS` / `MAX_INFERENCE_STEPS`,
-        `output_type`, `output_modalities`, `generator`)."""
+        mode, interventions, and `sample` / `num_samples` with the generator of its noise, `evolver_generator`) and
+        the pipeline's own (counts capped by `MAX_ROLLOUT_STEPS` / `MAX_INFERENCE_STEPS`, `output_type`,
+        `output_modalities`, `generator`)."""
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.check_output_modalities(output_modalities)
@@ -419,6 +432,15 @@ class VeltrixPipeline(DiffusionPipeline):
         b, t = pixel_values.shape[:2]
         self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
         check_generator("generator", generator, batch_size=b)
+        self.evolver._check_sampling(sample, num_samples, self.evolver_generator(generator))
+
+    @staticmethod
+    def evolver_generator(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator | None:
+        """The generator of the evolver's sampling noise in a call with `generator`: the generator itself, or the
+        first of a list (one per context). The rollout takes one draw from it (its base seed) before the decoder's
+        noise is drawn, and only with `sample=True`, so a call without sampling draws the decoder's noise as
+        before."""
+        return generator[0] if isinstance(generator, list) else generator
 
     def check_output_modalities(self, output_modalities: tuple[str, ...]) -> None:
         """At least one of `OUTPUT_MODALITIES`, no repeats, and text or audio only from an encoder that has them."""
@@ -448,7 +470,8 @@ class VeltrixPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> torch.Tensor:
         """Gaussian noise (num_frames, C, H, W) at flow time σ = 1; with a list of G generators, each draws the
-        noise of `num_frames / G` consecutive frames (one trajectory's, in a call)."""
+        noise of `num_frames / G` consecutive frames (in a call, those of one context's K sampled futures, K = 1
+        without sampling)."""
         config = self.decoder.config
         frame = (config.in_channels, config.sample_size, config.sample_size)
         if not isinstance(generator, list):
@@ -543,6 +566,8 @@ class VeltrixPipeline(DiffusionPipeline):
         mode: str | None = None,
         interventions: object = None,
         use_engram: bool | None = None,
+        sample: bool = False,
+        num_samples: int = 1,
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
@@ -556,8 +581,11 @@ class VeltrixPipeline(DiffusionPipeline):
                 `MAX_ROLLOUT_STEPS` (100 000); defaults to `self.config.default_num_future_steps`.
             num_inference_steps (`int`, *optional*): Euler steps of the flow-matching decoder, at most
                 `MAX_INFERENCE_STEPS` (1000); defaults to `self.config.default_num_inference_steps`.
-            generator (`torch.Generator` or a list of `B` of them, *optional*): makes the decoder's noise reproducible;
-                a list draws each trajectory's noise with its own generator.
+            generator (`torch.Generator` or a list of `B` of them, *optional*): makes the noise reproducible (the
+                same generators give the same output). A list draws each context's decoder noise with its own
+                generator (with `num_samples = K`, the noise of all K futures of the context). With `sample=True`
+                the evolver's noise comes from the generator, or from the first of a list, which the rollout draws
+                from once before the decoder's noise is drawn (`evolver_generator`).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
             input_ids, attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): the context steps' captions
@@ -577,6 +605,13 @@ class VeltrixPipeline(DiffusionPipeline):
                 `VeltrixEvolverModel.rollout(engram=)`); `out.memory_hits` then tells which future steps it
                 remembered. Defaults to using the memory when the pipeline has one; `True` without one raises a
                 `ValueError`, `False` rolls out as a pipeline without memory does.
+            sample (`bool`, defaults to `False`): sample every future state from the evolver's stochastic head
+                (`evolver.can_sample`, `config.sampling_head_layers > 0`) instead of predicting its mean; `True`
+                with an evolver without the head raises a `ValueError`.
+            num_samples (`int`, defaults to 1): with `sample=True`, how many futures K to sample from each context;
+                all `B·K` are rendered, the K of context b at rows `b·K … b·K + K − 1` of every output (see
+                [`VeltrixPipelineOutput`]), and `out.sample_spread` `(B, num_future_steps)` measures how far they
+                spread. At most `MAX_NUM_SAMPLES`; `num_samples > 1` without `sample=True` raises a `ValueError`.
 
         Floating inputs of any floating dtype are converted to the components' dtype (timestamps to float64) before
         they are checked; `out.timestamps` comes back in the dtype of the given timestamps. Every input is checked
@@ -589,6 +624,8 @@ class VeltrixPipeline(DiffusionPipeline):
         >>> out.frames.shape  # (B, 24, H, W, C)
         >>> out = pipe(frames, input_ids=ids, attention_mask=mask, output_modalities=("frames", "audio", "text"))
         >>> out.captions[0][0], out.audio_codes.shape  # ("the red ball hits the left wall. ...", (B, 8, K))
+        >>> out = pipe(frames, sample=True, num_samples=4, generator=torch.Generator().manual_seed(0))
+        >>> out.units.shape, out.sample_spread.shape  # ((B·4, 8, U, D), (B, 8))
         ```
         """
         engram = self.memory_for_call(use_engram)
@@ -628,6 +665,8 @@ class VeltrixPipeline(DiffusionPipeline):
             interventions,
             observed,
             generator,
+            sample,
+            num_samples,
         )
         # Everything was checked above: the models skip their own checks (and the decoder its per-step ones).
         with inputs_checked():
@@ -640,6 +679,9 @@ class VeltrixPipeline(DiffusionPipeline):
                 mode=mode,
                 interventions=interventions,
                 engram=engram,
+                sample=sample,
+                num_samples=num_samples,
+                generator=self.evolver_generator(generator),
             )
             units = rollout.units
             future_timestamps = rollout.timestamps.to(
@@ -653,12 +695,14 @@ class VeltrixPipeline(DiffusionPipeline):
                 future_audio_features, future_audio_codes = self.encoder.decode_audio(units.to(self.encoder.dtype))
             images = counterfactual_images = None
             if output_type != "latent" and "frames" in output_modalities:
-                b, n = units.shape[:2]
+                b, n = units.shape[:2]  # b = B·K futures
+                # A list of B generators draws the noise of consecutive rows: each its context's K futures.
                 latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
-                images = self.render_rollout(units, pixel_values[:, -1], num_inference_steps, latents, output_type)
+                last_frame = pixel_values[:, -1].repeat_interleave(num_samples, dim=0)
+                images = self.render_rollout(units, last_frame, num_inference_steps, latents, output_type)
                 if counterfactual_units is not None:
                     counterfactual_images = self.render_rollout(
-                        counterfactual_units, pixel_values[:, -1], num_inference_steps, latents, output_type
+                        counterfactual_units, last_frame, num_inference_steps, latents, output_type
                     )
         self.maybe_free_model_hooks()
         counterfactual = {
@@ -669,7 +713,14 @@ class VeltrixPipeline(DiffusionPipeline):
         memory_hits = None if engram is None else rollout.memory_hits
         if not return_dict:
             # Those asked for, in this order.
-            extras = (captions, future_audio_features, future_audio_codes, *counterfactual.values(), memory_hits)
+            extras = (
+                captions,
+                future_audio_features,
+                future_audio_codes,
+                *counterfactual.values(),
+                memory_hits,
+                rollout.sample_spread,
+            )
             return images, units, future_timestamps, *(value for value in extras if value is not None)
         return VeltrixPipelineOutput(
             frames=images,
@@ -680,6 +731,7 @@ class VeltrixPipeline(DiffusionPipeline):
             audio_codes=future_audio_codes,
             **counterfactual,
             memory_hits=memory_hits,
+            sample_spread=rollout.sample_spread,
         )
 
     def memory_for_call(self, use_engram: bool | None) -> nn.Module | None:

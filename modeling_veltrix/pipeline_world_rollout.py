@@ -4,6 +4,7 @@
     >>> import modeling_veltrix  # registers the task, so no remote code is needed
     >>> rollout = pipeline("world-rollout", model="runs/demo/pipeline")
     >>> rollout(pixel_values, num_future_steps=24, seed=0)["frames"]  # (T, C, H, W) in [-1, 1] -> 24 PIL images
+    >>> futures = rollout(pixel_values, sample=True, num_samples=4, seed=0)  # 4 sampled futures: a list of 4 dicts
 
 Where this package is not installed, `pipeline(model=folder_or_repo_id, trust_remote_code=True)` finds the task in
 the folder's `config.json` (`custom_pipelines`) and runs the folder's own copy of this code.
@@ -36,7 +37,7 @@ def check_trajectory_input(name: str, value: object, ndim: int, batched: bool, f
 class VeltrixWorldRolloutPipeline(Pipeline):
     r"""Context frames in, future frames out: `rollout(pixel_values, actions=None, timestamps=None,
     num_future_steps=None, num_inference_steps=None, seed=None, output_type="pil", output_modalities=("frames",),
-    use_engram=None)`.
+    use_engram=None, sample=False, num_samples=1)`.
 
     `pixel_values` is a `torch.Tensor` `(T, C, H, W)` (one trajectory) or `(B, T, C, H, W)` in [-1, 1]; `actions`
     (`(T + n, A)` or `(B, T + n, A)`) and `timestamps` (`(T + n,)` or `(B, T + n)`, seconds) cover context and future
@@ -48,6 +49,12 @@ class VeltrixWorldRolloutPipeline(Pipeline):
     evolved states; without `"frames"`, no frames are rendered (`"frames"` is `None`). `use_engram` is the
     pipeline's: by default a folder with an Engram memory rolls out with it, and each dict then also holds
     `"memory_hits"` `(n,)` (bool), the future steps the memory remembered.
+
+    `sample` and `num_samples` are the pipeline's: `sample=True` samples the future states from the evolver's
+    stochastic head (one future, a dict as above), `num_samples=K > 1` samples K futures per trajectory; `seed` then
+    fixes the evolver's noise too. With K > 1, one trajectory gives a list of K dicts (one per sampled future) and a
+    batch a list of B such lists (as `num_return_sequences` in text generation); each of those dicts also holds
+    `"sample_spread"` `(n,)`, the standard deviation across its trajectory's K futures per step (the same in all K).
     """
 
     _load_tokenizer = False
@@ -66,6 +73,8 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         output_type: str | None = None,
         output_modalities: tuple[str, ...] | None = None,
         use_engram: bool | None = None,
+        sample: bool | None = None,
+        num_samples: int | None = None,
     ) -> tuple[dict, dict, dict]:
         if output_type is not None and output_type not in TASK_OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {TASK_OUTPUT_TYPES}, got {output_type!r}.")
@@ -76,6 +85,9 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         forward["output_type"] = output_type or "pil"
         forward["output_modalities"] = ("frames",) if output_modalities is None else output_modalities
         forward["use_engram"] = use_engram
+        # Checked by the pipeline with its other call arguments, before anything is computed.
+        forward["sample"] = False if sample is None else sample
+        forward["num_samples"] = 1 if num_samples is None else num_samples
         return {k: v for k, v in preprocess.items() if v is not None}, forward, {}
 
     def preprocess(
@@ -103,6 +115,8 @@ class VeltrixWorldRolloutPipeline(Pipeline):
         output_type: str,
         output_modalities: tuple[str, ...],
         use_engram: bool | None,
+        sample: bool,
+        num_samples: int,
     ) -> dict:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         out = self.model(
@@ -115,20 +129,39 @@ class VeltrixWorldRolloutPipeline(Pipeline):
             output_type=output_type,
             output_modalities=output_modalities,
             use_engram=use_engram,
+            sample=sample,
+            num_samples=num_samples,
         )
         per_trajectory = {
             name: getattr(out, name)
             for name in ("frames", "timestamps", "captions", "audio_features", "audio_codes", "memory_hits")
             if getattr(out, name) is not None
         }
-        return {"outputs": per_trajectory, "batch_size": len(out.timestamps), "batched": model_inputs["batched"]}
+        return {
+            "outputs": per_trajectory,
+            "batch_size": len(out.timestamps),
+            "batched": model_inputs["batched"],
+            "num_samples": num_samples,
+            "sample_spread": out.sample_spread,
+        }
 
-    def postprocess(self, model_outputs: dict) -> dict | list[dict]:
-        outputs = model_outputs["outputs"]
-        trajectories = [
+    def postprocess(self, model_outputs: dict) -> dict | list[dict] | list[list[dict]]:
+        """Splits the pipeline's outputs (B·K futures, the K of trajectory b at rows b·K … b·K + K − 1) into one
+        dict per future: with K = 1, a dict per trajectory (a list for a batch); with K > 1, a list of K dicts per
+        trajectory, each with its trajectory's `"sample_spread"` (n,) (a list of those lists for a batch)."""
+        outputs, k = model_outputs["outputs"], model_outputs["num_samples"]
+        futures = [
             {"frames": None} | {name: value[i] for name, value in outputs.items()}
             for i in range(model_outputs["batch_size"])
         ]
+        if k == 1:
+            trajectories = futures
+        else:
+            spread = model_outputs["sample_spread"]
+            trajectories = [
+                [future | {"sample_spread": spread[i // k]} for future in futures[i : i + k]]
+                for i in range(0, len(futures), k)
+            ]
         return trajectories if model_outputs["batched"] else trajectories[0]
 
 

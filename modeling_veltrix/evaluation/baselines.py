@@ -20,6 +20,7 @@ by its MLP width.
 """
 
 import abc
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -33,17 +34,16 @@ from ..configuration_veltrix import VeltrixEvolverConfig
 from ..input_validation import CLOCK_DTYPE, checks_enabled, inputs_checked
 from ..modeling_veltrix_evolver import (
     VeltrixConditionEmbedding,
-    VeltrixConvUnitMixer,
     VeltrixEvolverModel,
     VeltrixEvolverOutput,
     VeltrixRolloutOutput,
     VeltrixStatePredictorMixin,
-    VeltrixZeroInitLinear,
     check_rollout_state,
     regular_timestamps,
 )
 from ..modulation import modulate
 from ..selective_ssm import VeltrixRMSNorm
+from ..unit_mixing import VeltrixConvUnitMixer, VeltrixZeroInitLinear
 
 ARCHITECTURES = ("transformer", "gru")
 BASELINE_MODES = ("free", "conditional")
@@ -483,12 +483,15 @@ def matched_baseline_config(
 ) -> VeltrixBaselineConfig:
     """A baseline config sharing the evolver's unit shape, actions, width, depth, heads, conditioning and reference
     interval, whose MLP width (`intermediate_size`, a multiple of 8) makes its parameter count the closest to the
-    evolver's. Raises a `ValueError` when even the closest is off by more than `tolerance` (relative)."""
+    evolver's mean predictor's (without its stochastic head, which deterministic rollouts do not use). Raises a
+    `ValueError` when even the closest is off by more than `tolerance` (relative)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"`architecture` must be one of {ARCHITECTURES}, got {architecture!r}.")
     if not 0 < tolerance < 1:
         raise ValueError(f"`tolerance` must be in (0, 1), got {tolerance!r}.")
-    target = count_parameters(VeltrixEvolverModel(evolver_config))
+    mean_predictor_config = copy.deepcopy(evolver_config)
+    mean_predictor_config.sampling_head_layers = 0  # the baselines match the mean predictor, not the sampler
+    target = count_parameters(VeltrixEvolverModel(mean_predictor_config))
     shared = {
         name: getattr(evolver_config, name)
         for name in (

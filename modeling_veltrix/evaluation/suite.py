@@ -10,6 +10,7 @@ and trains or scores only what is missing (an interrupted stage resumes from its
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import datasets
@@ -42,11 +43,14 @@ from .baselines import (
     matched_baseline_config,
 )
 from .metric_loading import load_metric
+from .sample_metrics import best_and_mean_of_k_error, object_persistence, sharpness_ratio
 from .visualization import save_error_grid
 
 LEARNED = ("veltrix", *ARCHITECTURES)
 REFERENCES = ("copy_last", "mean_of_context")
 MODELS = (*LEARNED, *REFERENCES)
+# Veltrix's stochastic head (`rollout(sample=True)`), scored beside the deterministic models when the evolver has one.
+SAMPLED = "veltrix_sampled"
 HORIZON_MULTIPLES = (1, 3, 10)
 
 
@@ -66,6 +70,8 @@ class SuiteSettings:
         batch_size: trajectories per rollout batch.
         horizon_window: the window W the horizons are multiples of (default: the recipe's `rollout_window`); set it
             to compare a model trained on another window at the same horizons.
+        num_samples: futures sampled from each held-out context by the evolver's stochastic head (when it has one),
+            for the best-of-K and mean-of-K errors; the first sample is also scored as the model `veltrix_sampled`.
     """
 
     preset: str
@@ -76,11 +82,12 @@ class SuiteSettings:
     num_sample_trajectories: int = 8
     batch_size: int = 16
     horizon_window: int | None = None
+    num_samples: int = 8
 
     def __post_init__(self) -> None:
         if not self.worlds or any(world not in WORLDS for world in self.worlds):
             raise ValueError(f"`worlds` must be a non-empty subset of {sorted(WORLDS)}, got {self.worlds!r}.")
-        names = ("horizon_multiple", "num_inference_steps", "num_sample_trajectories", "batch_size")
+        names = ("horizon_multiple", "num_inference_steps", "num_sample_trajectories", "batch_size", "num_samples")
         for name in names + (() if self.horizon_window is None else ("horizon_window",)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -162,7 +169,8 @@ def held_out_dataset(recipe: VeltrixTrainingRecipe, world: str, horizon: int) ->
 class WorldRollouts:
     """Every model's future on the held-out trajectories: states (N, H, U, D) of the learned predictors and the
     references, the direct readout frames (N, H, C, Hi, Wi) in [-1, 1] and the decoder's samples of the first
-    trajectories, the probed energies (N, H), and the truth (frames, encoded states, energies)."""
+    trajectories, the probed energies (N, H), and the truth (frames, encoded states, energies). With a stochastic
+    evolver, also the readout frames (N, K, H, C, Hi, Wi) of all K sampled futures and their spread (N, H)."""
 
     units: dict[str, torch.Tensor]
     readout: dict[str, torch.Tensor]
@@ -172,6 +180,8 @@ class WorldRollouts:
     true_units: torch.Tensor
     true_energies: torch.Tensor
     probed_true_energies: torch.Tensor
+    sampled_readout: torch.Tensor | None = None
+    sample_spread: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -180,14 +190,17 @@ def roll_out_world(
 ) -> WorldRollouts:
     """Rolls every predictor out from the first `context_length` steps of every held-out trajectory, with the
     trajectory's actions and timestamps, for `settings.horizon` steps; the references copy the last context state
-    (frame) or average the context's."""
+    (frame) or average the context's. A stochastic Veltrix evolver also samples `settings.num_samples` futures per
+    context (batch i's noise from `eval_seed + i`)."""
     encoder: VeltrixEncoderModel = models.pipeline.encoder
     context_length, horizon = settings.recipe.context_length, settings.horizon
     simulator = get_world(world)
     probe_index = [simulator.physics_fields.index(name) for name in simulator.probe_fields]
-    collected: dict[str, dict[str, list]] = {key: {m: [] for m in MODELS} for key in ("units", "readout", "energies")}
+    collected: dict[str, dict[str, list]] = {key: defaultdict(list) for key in ("units", "readout", "energies")}
     truth = {"frames": [], "units": [], "energies": [], "probed": []}
-    for start in tqdm(range(0, len(held_out), settings.batch_size), desc="rolling out"):
+    sampled_readout, spreads = [], []
+    veltrix = models.predictors["veltrix"]
+    for index, start in enumerate(tqdm(range(0, len(held_out), settings.batch_size), desc="rolling out")):
         batch = held_out[start : start + settings.batch_size]
         frames, actions, timestamps = batch["pixel_values"], batch["actions"], batch["timestamps"]
         context, future = frames[:, :context_length], frames[:, context_length:]
@@ -197,6 +210,21 @@ def roll_out_world(
             name: predictor.rollout(context_units, horizon, actions=actions, timestamps=timestamps).units
             for name, predictor in models.predictors.items()
         }
+        if getattr(veltrix, "can_sample", False):
+            sampled = veltrix.rollout(
+                context_units,
+                horizon,
+                actions=actions,
+                timestamps=timestamps,
+                sample=True,
+                num_samples=settings.num_samples,
+                generator=torch.Generator().manual_seed(settings.recipe.eval_seed + index),
+            )
+            futures = sampled.units.unflatten(0, (len(context_units), settings.num_samples))
+            outcomes[SAMPLED] = futures[:, 0]
+            frames_of_futures = encoder.decode_frames(sampled.units).clamp(-1, 1)
+            sampled_readout.append(frames_of_futures.unflatten(0, futures.shape[:2]))
+            spreads.append(sampled.sample_spread)
         outcomes["copy_last"] = context_units[:, -1:].expand_as(future_units)
         outcomes["mean_of_context"] = context_units.mean(dim=1, keepdim=True).expand_as(future_units)
         frame_references = {
@@ -223,6 +251,8 @@ def roll_out_world(
         true_units=torch.cat(truth["units"]),
         true_energies=torch.cat(truth["energies"]),
         probed_true_energies=torch.cat(truth["probed"]),
+        sampled_readout=torch.cat(sampled_readout) if sampled_readout else None,
+        sample_spread=torch.cat(spreads) if spreads else None,
     )
 
 
@@ -245,7 +275,7 @@ def decode_samples(
         name: pipeline.decode_rollout(units[name][:count], last_context, settings.num_inference_steps, latents).reshape(
             future.shape
         )
-        for name in tqdm(LEARNED, desc="decoding samples")
+        for name in tqdm([name for name in units if name not in REFERENCES], desc="decoding samples")
     }
     samples["copy_last"] = frames[:, context_length - 1 : context_length].expand_as(future)
     samples["mean_of_context"] = frames[:, :context_length].mean(dim=1, keepdim=True).expand_as(future)
@@ -264,13 +294,14 @@ def _flat(values: torch.Tensor) -> list[np.ndarray]:
 
 def score_world(rollouts: WorldRollouts, window: int) -> dict:
     """Every model's scores from its rollouts: pixel MSE per horizon of the readout (the conditional mean) and of the
-    decoder's samples, latent MSE, VPT, PSNR/SSIM per horizon and the probed energy's drift; and the same read at
-    1×, 3× and 10× the training window `window`."""
+    decoder's samples, latent MSE, VPT, PSNR/SSIM per horizon, the probed energy's drift, and the metrics that do not
+    reward blur on the readout (object persistence, sharpness ratio; for the sampled futures best-of-K and mean-of-K
+    pixel MSE and their spread); and the same read at 1×, 3× and 10× the training window `window`."""
     error, vpt, quality, drift = (load_metric(name) for name in METRIC_ORDER)
     true_pixels, true_latents = _unit_interval(rollouts.true_frames), _flat(rollouts.true_units)
     sampled = len(next(iter(rollouts.samples.values())))
     scores = {}
-    for name in MODELS:
+    for name in rollouts.readout:
         readout = _unit_interval(rollouts.readout[name])
         scores[name] = {
             "pixel_mse_readout": error.compute(predictions=readout, references=true_pixels)["mse_per_horizon"],
@@ -293,11 +324,38 @@ def score_world(rollouts: WorldRollouts, window: int) -> dict:
         }
         per_model = scores[name]
         per_model["energy_drift"] = float(np.mean(per_model["energy_drift_per_horizon"]))
+        per_model |= _blur_free_scores(rollouts.readout[name], rollouts.true_frames)
+        keys = ["pixel_mse_readout", "pixel_mse_sample", "latent_mse", "object_persistence", "sharpness_ratio"]
+        if name == SAMPLED:
+            per_model |= _sampled_scores(rollouts)
+            keys += ["best_of_k_pixel_mse", "mean_of_k_pixel_mse", "sample_spread"]
         for multiple in HORIZON_MULTIPLES:
             step = multiple * window - 1
-            for key in ("pixel_mse_readout", "pixel_mse_sample", "latent_mse"):
+            for key in keys:
                 per_model[f"{key}_{multiple}x"] = per_model[key][step]
     return scores
+
+
+def _blur_free_scores(readout: torch.Tensor, truth: torch.Tensor) -> dict[str, list[float]]:
+    """Per horizon: the fraction of trajectories whose readout frame keeps the truth's objects (`object_persistence`)
+    and the high-frequency energy of the readout over the truth's (`sharpness_ratio`)."""
+    return {
+        "object_persistence": object_persistence(readout.float(), truth.float()).float().mean(0).tolist(),
+        "sharpness_ratio": sharpness_ratio(readout.float(), truth.float()).tolist(),
+    }
+
+
+def _sampled_scores(rollouts: WorldRollouts) -> dict:
+    """Per horizon: the pixel MSE of the best of the K sampled futures (the one closest to the truth over the whole
+    horizon, per trajectory) and the mean over samples of their MSE, and the samples' spread (mean over
+    trajectories)."""
+    best, mean, _ = best_and_mean_of_k_error(rollouts.sampled_readout.float(), rollouts.true_frames.float())
+    return {
+        "num_samples": rollouts.sampled_readout.shape[1],
+        "best_of_k_pixel_mse": best.tolist(),
+        "mean_of_k_pixel_mse": mean.tolist(),
+        "sample_spread": rollouts.sample_spread.float().mean(0).tolist(),
+    }
 
 
 METRIC_ORDER = ("rollout_error", "valid_prediction_time", "frame_quality", "energy_drift")
@@ -344,7 +402,9 @@ def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tupl
 
 def suite_targets(worlds: dict[str, dict]) -> list[dict]:
     """Per world and learned baseline: Veltrix's pixel MSE (direct readout) at 10× the training window over the
-    baseline's (goal <= 0.5)."""
+    baseline's (goal <= 0.5). With sampled futures, per world at 10×: the fraction of sampled readout frames whose
+    objects persist (goal >= 0.9), their sharpness ratio (goal >= 0.8) and the best-of-K pixel MSE over the
+    deterministic rollout's (goal < 1)."""
     targets = []
     for world, result in worlds.items():
         models = result["models"]
@@ -352,6 +412,30 @@ def suite_targets(worlds: dict[str, dict]) -> list[dict]:
             ratio = models["veltrix"]["pixel_mse_readout_10x"] / models[baseline]["pixel_mse_readout_10x"]
             name = f"error_ratio_veltrix_over_{baseline}_10x_{world}"
             targets.append({"name": name, "value": float(ratio), "op": "<=", "target": 0.5})
+        if SAMPLED not in models:
+            continue
+        sampled = models[SAMPLED]
+        best_ratio = sampled["best_of_k_pixel_mse_10x"] / models["veltrix"]["pixel_mse_readout_10x"]
+        targets += [
+            {
+                "name": f"object_persistence_10x_{world}",
+                "value": sampled["object_persistence_10x"],
+                "op": ">=",
+                "target": 0.9,
+            },
+            {
+                "name": f"sharpness_ratio_10x_{world}",
+                "value": sampled["sharpness_ratio_10x"],
+                "op": ">=",
+                "target": 0.8,
+            },
+            {
+                "name": f"best_of_{sampled['num_samples']}_error_ratio_10x_{world}",
+                "value": float(best_ratio),
+                "op": "<",
+                "target": 1.0,
+            },
+        ]
     return targets
 
 
@@ -374,25 +458,32 @@ def suite_results(settings: SuiteSettings, worlds: dict[str, dict]) -> dict:
         for model, scores in result["models"].items():
             results[f"vpt_{model}_{world}"] = scores["vpt"]
             results[f"energy_drift_{model}_{world}"] = scores["energy_drift"]
+            results[f"object_persistence_10x_{model}_{world}"] = scores["object_persistence_10x"]
+            results[f"sharpness_ratio_10x_{model}_{world}"] = scores["sharpness_ratio_10x"]
     return results
 
 
 def results_markdown(worlds: dict[str, dict]) -> str:
     """The results table: per world and model, pixel MSE of the readout at 1×, 3× and 10× the training window, of
-    the decoder's sample at 10×, latent MSE at 10×, VPT (steps), energy drift, parameters."""
+    the decoder's sample at 10×, latent MSE at 10×, VPT (steps), energy drift, object persistence and sharpness
+    ratio at 10×, best-of-K and mean-of-K pixel MSE at 10× (sampled futures only), parameters."""
     lines = [
         "| world | model | parameters | pixel MSE 1× | 3× | 10× | sample MSE 10× | latent MSE 10× | VPT "
-        "| energy drift |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| energy drift | persistence 10× | sharpness 10× | best-of-K 10× | mean-of-K 10× |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for world, result in worlds.items():
         for model, s in result["models"].items():
             count = result["parameters"].get(model, 0)
+            of_k = [
+                f"{s[key]:.4f}" if key in s else "–" for key in ("best_of_k_pixel_mse_10x", "mean_of_k_pixel_mse_10x")
+            ]
             lines.append(
                 f"| {world} | {model} | {count or '–'} | {s['pixel_mse_readout_1x']:.4f} | "
                 f"{s['pixel_mse_readout_3x']:.4f} | {s['pixel_mse_readout_10x']:.4f} | "
                 f"{s['pixel_mse_sample_10x']:.4f} | "
-                f"{s['latent_mse_10x']:.4f} | {s['vpt']:g} | {s['energy_drift']:.3f} |"
+                f"{s['latent_mse_10x']:.4f} | {s['vpt']:g} | {s['energy_drift']:.3f} | "
+                f"{s['object_persistence_10x']:.2f} | {s['sharpness_ratio_10x']:.2f} | {of_k[0]} | {of_k[1]} |"
             )
     return "\n".join(lines)
 

@@ -75,6 +75,7 @@ RECIPE_RULES = {
     "stability_perturbation": _Rule(float, 0, exclusive=True),
     "time_consistency_weight": _WEIGHT,
     "caption_loss_weight": _WEIGHT,
+    "sampling_loss_weight": _WEIGHT,
     "physics_loss_weight": _WEIGHT,
     "probe_hidden_size": _Rule(int, 1),
     "joint_align_weight": _WEIGHT,
@@ -196,6 +197,8 @@ class VeltrixTrainingRecipe:
     (default 0: off) weighs the frozen caption head's cross-entropy on the predicted states' text subspace against the
     true captions, the text counterpart of the pixel loss. On the speaking preset, weight 1 did not make evolved
     states caption future events (0 of the eventful held-out steps, as without it) and made frames worse.
+    `sampling_loss_weight` (default 1) weighs the flow-matching loss of an evolver's stochastic head
+    (`VeltrixEvolverConfig.sampling_head_layers > 0`; ignored without one) on the teacher-forced and open-loop steps.
 
     `physics_loss_weight` (default 0: off) weighs `training.physics.physics_conservation_loss` on the evolver's
     open-loop window: the energy that a frozen physics probe reads from the predicted states should stay that of the
@@ -235,6 +238,7 @@ class VeltrixTrainingRecipe:
     stability_perturbation: float = 1e-2
     time_consistency_weight: float = 0.0
     caption_loss_weight: float = 0.0
+    sampling_loss_weight: float = 1.0
     physics_loss_weight: float = 0.0
     probe_hidden_size: int = 128
     joint_align_weight: float = 1.0

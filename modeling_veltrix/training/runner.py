@@ -200,6 +200,8 @@ def train_stage(
         "decoder": lambda: VeltrixDecoderStage(encoder, decoder, recipe),
         "reflow": lambda: VeltrixReflowStage(decoder, recipe),
     }[stage]()
+    if stage == "evolver" and module.sampling_weight:
+        module.fit_change_scale(train_dataset.with_format("torch"))
     component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
     return run_trainer(stage, module, component.save_pretrained, train_dataset, recipe, output_dir, resume)
 

@@ -80,7 +80,10 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
 
     `evolver` is any `VeltrixPredictor` (the evolver or an equal-size baseline); only its `forward` and `rollout`
     are called. With `recipe.physics_loss_weight > 0`, the frozen physics `probe` (required) adds
-    `physics_conservation_loss` on the open-loop window against the last context state."""
+    `physics_conservation_loss` on the open-loop window against the last context state. An evolver with a stochastic
+    head (`can_sample`) also learns it, weighted by `recipe.sampling_loss_weight`: flow matching of the true next
+    state from the teacher-forced steps and from the open-loop window's steps (fed its own mean predictions), whose
+    change scale `fit_change_scale` sets from the data first."""
 
     # The recipe field that weighs the physics term (`VeltrixJointStage` has its own).
     physics_weight_field = "physics_loss_weight"
@@ -102,6 +105,26 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
                 f"(`training.physics.load_or_train_probe`) or set `{name}` to 0."
             )
         self.probe = None if probe is None else probe.requires_grad_(False).eval()
+        self.sampling_weight = recipe.sampling_loss_weight if getattr(evolver, "can_sample", False) else 0.0
+
+    @torch.no_grad()
+    def fit_change_scale(self, dataset: datasets.Dataset, num_trajectories: int = 64, batch_size: int = 16) -> None:
+        """Sets the stochastic head's `change_scale` (D,) to the root-mean-square per channel of the encoded state's
+        change per reference interval over the first `num_trajectories` trajectories of `dataset` (torch format),
+        so that the flow works on changes of unit scale (deterministic: the same data give the same scale)."""
+        count = min(num_trajectories, len(dataset))
+        squares, steps = 0.0, 0
+        reference = self.evolver.config.dt_reference
+        for start in range(0, count, batch_size):
+            batch = dataset[start : min(start + batch_size, count)]
+            observed = observed_modalities(self.encoder, batch)
+            units = self.encoder(batch["pixel_values"], **observed).units
+            intervals = (batch["timestamps"].diff(dim=1) / reference).to(units.dtype)
+            change = units.diff(dim=1) / intervals[..., None, None]
+            squares = squares + change.pow(2).sum(dim=(0, 1, 2))
+            steps += change.shape[0] * change.shape[1] * change.shape[2]
+        scale = (squares / steps).sqrt().clamp_min(1e-6)
+        self.evolver.sampling_head.change_scale.copy_(scale)
 
     def train(self, mode: bool = True) -> "VeltrixEvolverStage":
         super().train(mode)
@@ -163,8 +186,19 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
                 return None
             return observed["input_ids"][:, steps], observed["attention_mask"][:, steps]
 
-        teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units
-        teacher_loss = self._state_loss(teacher[:, :-1], targets[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
+        sampling_loss = 0.0
+        if self.sampling_weight:
+            teacher_output = self.evolver(
+                units[:, :-1],
+                timestamps=timestamps[:, :-1],
+                actions=actions[:, :-1],
+                prediction_timestamps=timestamps[:, 1:],
+                sampling_targets=targets[:, 1:],
+            )
+            teacher, sampling_loss = teacher_output.predicted_units, teacher_output.sampling_loss
+        else:
+            teacher = self.evolver(units, timestamps=timestamps, actions=actions).predicted_units[:, :-1]
+        teacher_loss = self._state_loss(teacher, targets[:, 1:], pixel_values[:, 1:], captions(slice(1, None)))
 
         context, window = recipe.context_length, recipe.rollout_window
         start = int(torch.randint(0, units.shape[1] - context - window + 1, ()))
@@ -178,6 +212,17 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
         future = slice(start + context, end)
         open_loop_loss = self._state_loss(rollout.units, targets[:, future], pixel_values[:, future], captions(future))
         loss = recipe.teacher_forcing_weight * teacher_loss + recipe.open_loop_weight * open_loop_loss
+        if self.sampling_weight:
+            # The window's steps fed the evolver's own (mean) predictions, as a sampled rollout feeds its samples.
+            fed = torch.cat([units[:, start : start + context], rollout.units[:, :-1].detach()], dim=1)
+            open_loop_sampling = self.evolver(
+                fed,
+                timestamps=timestamps[:, start : end - 1],
+                actions=actions[:, start : end - 1],
+                prediction_timestamps=timestamps[:, start + 1 : end],
+                sampling_targets=targets[:, start + 1 : end],
+            ).sampling_loss
+            loss = loss + self.sampling_weight * (sampling_loss + open_loop_sampling)
         if recipe.stability_weight:
             penalty = lyapunov_penalty(
                 self.evolver,

@@ -1,0 +1,58 @@
+"""Unit mixing within a step, shared by the evolver's blocks and its sampling head: a depthwise convolution over the
+unit grid or self-attention over the units; and the zero-initialised linear layer of adaLN modulation and heads."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration_veltrix import VeltrixEvolverConfig
+
+
+class VeltrixZeroInitLinear(nn.Linear):
+    """A linear layer initialised to zero: adaLN modulation (identity at init) and the velocity head."""
+
+
+class VeltrixConvUnitMixer(nn.Module):
+    """Mixes units within a step by a depthwise convolution over the unit grid, then a pointwise projection."""
+
+    def __init__(self, config: VeltrixEvolverConfig):
+        super().__init__()
+        self.grid_size = config.unit_grid_size
+        self.depthwise = nn.Conv2d(
+            config.hidden_size,
+            config.hidden_size,
+            config.mixing_kernel_size,
+            padding=config.mixing_kernel_size // 2,
+            groups=config.hidden_size,
+        )
+        self.pointwise = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, U, H) -> (N, U, H), with U = grid_size²."""
+        n, u, h = x.shape
+        grid = x.transpose(1, 2).reshape(n, h, self.grid_size, self.grid_size)
+        mixed = self.depthwise(grid).reshape(n, h, u).transpose(1, 2)
+        return self.pointwise(F.gelu(mixed))
+
+
+class VeltrixAttentionUnitMixer(nn.Module):
+    """Mixes units within a step by multi-head self-attention over the unit axis."""
+
+    def __init__(self, config: VeltrixEvolverConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, U, H) -> (N, U, H)."""
+        n, u, h = x.shape
+        q, k, v = self.qkv(x).reshape(n, u, 3, self.num_heads, h // self.num_heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (N, heads, U, head_dim)
+        return self.out_proj(attended.transpose(1, 2).reshape(n, u, h))
+
+
+UNIT_MIXER_CLASSES = {"conv": VeltrixConvUnitMixer, "attention": VeltrixAttentionUnitMixer}
+
+
+__all__ = ["UNIT_MIXER_CLASSES", "VeltrixAttentionUnitMixer", "VeltrixConvUnitMixer", "VeltrixZeroInitLinear"]
