@@ -190,7 +190,9 @@ def test_the_evolver_stage_fits_the_change_scale_and_adds_the_sampling_terms():
     torch.manual_seed(0)
     encoder = VeltrixEncoderModel(tiny_encoder_config()).eval()
     evolver = VeltrixEvolverModel(tiny_evolver_config(sampling_head_layers=1))
-    data = build_world_dataset("bouncing_balls", num_trajectories=4, num_steps=8, seed=0, image_size=16)
+    data = build_world_dataset(
+        "bouncing_balls", num_trajectories=4, num_steps=8, seed=0, image_size=16, num_balls=1, ball_radius=1.5
+    )
     data = data.with_format("torch")
     recipe = VeltrixTrainingRecipe(context_length=3, rollout_window=3, trajectory_length=8)
     stage = VeltrixEvolverStage(encoder, evolver, recipe)
