@@ -1065,10 +1065,10 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         num_samples: int,
         context: torch.Tensor,
         actions: torch.Tensor | None,
-        timestamps: torch.Tensor,
+        timestamps: torch.Tensor | None,
         edits: list[VeltrixIntervention],
         cache: VeltrixEvolverCache,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list[VeltrixIntervention], VeltrixEvolverCache]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[VeltrixIntervention], VeltrixEvolverCache]:
         """A rollout's per-trajectory inputs and prefilled cache, each trajectory repeated `num_samples` times in a
         row (trajectory b at rows b·K … b·K + K − 1)."""
         rows = torch.arange(context.shape[0], device=context.device).repeat_interleave(num_samples)
@@ -1080,7 +1080,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             replace(edit, actions=repeated(edit.actions), state_delta=repeated(edit.state_delta)) for edit in edits
         ]
         cache = cache.select(rows, self.config.num_units_per_step)
-        return context[rows], repeated(actions), timestamps[rows], edits, cache
+        return context[rows], repeated(actions), repeated(timestamps), edits, cache
 
     def _counterfactual_branch(
         self,
@@ -1137,10 +1137,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         context_times, time_at = self._rollout_times(context, timestamps)
         cache = self._prefill(context, context_times, actions, engram)
         if num_samples > 1:
-            rows = torch.arange(context.shape[0], device=context.device).repeat_interleave(num_samples)
-            context, cache = context[rows], cache.select(rows, self.config.num_units_per_step)
-            actions = None if actions is None else actions[rows]
-            timestamps = None if timestamps is None else timestamps[rows]
+            context, actions, timestamps, _, cache = self._repeat_for_samples(
+                num_samples, context, actions, timestamps, [], cache
+            )
             _, time_at = self._rollout_times(context, timestamps)
         noise_at = _noise_source(context[:, -1], generator) if sample else None
         actions_at = _actions_at(actions, t)
