@@ -31,6 +31,7 @@ setup(
         "evaluate>=0.4",
         "numpy",
         "pillow",
+        "scipy>=1.10",  # connected components of decoded frames (evaluation/sample_metrics.py)
         "torchmetrics>=1.0",
         "vector-quantize-pytorch>=1.20",  # the residual quantizer of the encoder's audio units (audio_units.py)
     ],
