@@ -3,6 +3,7 @@ references, on every built-in world, far past the training window.
 
     python scripts/evaluate.py --output runs/evaluate.json            # the whole table (about an hour on 2 cores)
     python scripts/evaluate.py --output /tmp/quick.json --quick       # the whole script on tiny settings (< 1 min)
+    python scripts/evaluate.py --output runs/events.json --worlds     # only the speaking world's event recall
 
 Per world it trains (or loads, from `--output-dir`) one encoder, decoder and physics probe, then Veltrix's evolver
 and the two baselines by the same evolver stage with the same recipe, rolls all out from held-out contexts to 10×
@@ -11,8 +12,13 @@ results table into the model card (`model_card.md`; with `--quick`, a copy of it
 with the same `--output-dir` resumes: trained models and scored worlds are loaded, an interrupted stage continues
 from its last checkpoint.
 
-`--set FIELD=VALUE` changes a recipe field (JSON value; `evolver.max_steps=800` for a stage's), e.g. to try the
-physics term (`--set physics_loss_weight=0.1`) or the stability term in an ablation.
+The speaking preset (`--speaking-preset`, `configuration/veltrix-tiny-speaking` by default; `--no-speaking` skips it)
+is trained by its own recipe and scored for future event recall: the caption event accuracy on the eventful future
+steps, read from the evolver's mean prediction and from its sampled futures (about 20 minutes).
+
+`--set FIELD=VALUE` changes a recipe field, of every world's recipe and of the speaking recipe (JSON value;
+`evolver.max_steps=800` for a stage's), e.g. to try the physics term (`--set physics_loss_weight=0.1`) or the
+stability term in an ablation.
 """
 
 import argparse
@@ -30,6 +36,7 @@ from modeling_veltrix.training.overrides import parse_overrides, recipe_with_ove
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PRESET = os.path.join(REPO_ROOT, "configuration", "veltrix-tiny")
+DEFAULT_SPEAKING_PRESET = os.path.join(REPO_ROOT, "configuration", "veltrix-tiny-speaking")
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,7 +51,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--recipe", default=None, help="training recipe JSON (default: the preset's evaluation_recipe.json)"
     )
-    parser.add_argument("--worlds", nargs="+", default=None, help="worlds to evaluate (default: all four)")
+    parser.add_argument(
+        "--worlds", nargs="*", default=None, help="worlds to evaluate (default: all four; none: the speaking one only)"
+    )
+    parser.add_argument(
+        "--speaking-preset",
+        default=DEFAULT_SPEAKING_PRESET,
+        help="speaking, captioning preset scored for future event recall (its own recipe.json)",
+    )
+    parser.add_argument("--no-speaking", action="store_true", help="skip the speaking preset's event recall")
     parser.add_argument("--model-card", default=None, help="model card to write the table into")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     parser.add_argument(
@@ -61,11 +76,16 @@ def main() -> None:
     args = parse_args()
     started = time.time()
     recipe_path = args.recipe or os.path.join(args.preset, "evaluation_recipe.json")
-    recipe = recipe_with_overrides(recipe_path, args.quick, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    recipe = recipe_with_overrides(recipe_path, args.quick, overrides)
     output_dir = args.output_dir or os.path.splitext(args.output)[0] + "_runs"
     settings_values = {"preset": args.preset, "recipe": recipe}
-    if args.worlds:
+    if args.worlds is not None:
         settings_values["worlds"] = tuple(args.worlds)
+    if not args.no_speaking:
+        speaking_recipe = os.path.join(args.speaking_preset, "recipe.json")
+        settings_values["speaking_preset"] = args.speaking_preset
+        settings_values["speaking_recipe"] = recipe_with_overrides(speaking_recipe, args.quick, overrides)
     if args.horizon_window is not None:
         settings_values["horizon_window"] = args.horizon_window
     if args.quick:

@@ -35,7 +35,18 @@ def test_quick_run_reports_every_world_and_model(quick_run):
     assert {"torch", "device", "threads", "kernel_path"} <= set(report["environment"])
     results = report["results"]
     names = [target["name"] for target in report["targets"]]
-    assert names == [f"error_ratio_veltrix_over_{b}_10x_{w}" for w in WORLDS for b in ("transformer", "gru")]
+    per_world = [
+        [f"error_ratio_veltrix_over_{b}_10x_{w}" for b in ("transformer", "gru")]
+        + [f"object_persistence_10x_{w}", f"sharpness_ratio_10x_{w}", f"best_of_8_error_ratio_10x_{w}"]
+        for w in WORLDS
+    ]
+    assert names == [name for world in per_world for name in world] + ["future_event_recall_speaking"]
+    speaking = results["speaking"]
+    assert speaking["sampled"]["num_samples"] == 8 and speaking["deterministic"]["num_samples"] is None
+    for kind in ("deterministic", "sampled"):
+        recall = speaking[kind]["caption_event_accuracy_on_event_steps"]
+        assert results[f"future_event_recall_speaking_{kind}"] == recall
+    assert report["targets"][-1]["value"] == results["future_event_recall_speaking_sampled"]
     for world in WORLDS:
         scores = results["worlds"][world]
         parameters = scores["parameters"]
@@ -101,6 +112,8 @@ def test_train_script_probe_joint_and_physics_term(tmp_path, monkeypatch):
     [
         ({"worlds": ("fluid",)}, "worlds"),
         ({"worlds": ()}, "worlds"),
+        ({"speaking_preset": "p"}, "speaking_recipe"),
+        ({"speaking_recipe": "a recipe"}, "speaking_recipe"),
         ({"horizon_multiple": 5}, "horizon_multiple"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"horizon_window": 0}, "horizon_window"),
@@ -114,3 +127,6 @@ def test_suite_settings_are_checked(overrides, match):
         SuiteSettings(preset=str(REPO / "configuration" / "veltrix-tiny"), recipe=VeltrixTrainingRecipe(), **overrides)
     settings = SuiteSettings(preset="p", recipe=VeltrixTrainingRecipe(rollout_window=4), horizon_window=8)
     assert settings.horizon == 80
+    recipe = VeltrixTrainingRecipe()
+    alone = SuiteSettings(preset="p", recipe=recipe, worlds=(), speaking_preset="s", speaking_recipe=recipe)
+    assert alone.worlds == ()  # the speaking preset's event recall alone

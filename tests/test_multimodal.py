@@ -197,6 +197,34 @@ def test_future_modalities_evaluation(tmp_path, tiny_pipeline):
     assert 0.0 <= results["audio_code_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="encoder"):
         evaluate_future_modalities(tiny_pipeline, held_out, context_length=2, num_future_steps=3)
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate_future_modalities(pipe, held_out, context_length=2, num_future_steps=3, num_samples=2)
+
+
+def test_future_modalities_of_sampled_futures(tmp_path):
+    recipe = speaking_recipe(tmp_path)
+    _, held_out = build_datasets(recipe)
+    window = held_out[0]["audio_values"].shape[-1]
+    torch.manual_seed(0)
+    encoder = randomize_(VeltrixEncoderModel(fused_config(audio_window=window))).eval()
+    evolver = VeltrixEvolverModel(tiny_evolver_config(unit_dim=UNIT_DIM, sampling_head_layers=1))
+    pipe = VeltrixPipeline(
+        encoder=encoder,
+        evolver=randomize_(evolver, std=0.5).eval(),
+        decoder=tiny_decoder(cross_attention_dim=FRAME_DIM).eval(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    arguments = (pipe, held_out, 2, 2)
+    sampled = evaluate_future_modalities(*arguments, num_samples=3, seed=5)
+    assert sampled == evaluate_future_modalities(*arguments, num_samples=3, seed=5)
+    assert sampled["num_samples"] == 3 and sampled["num_trajectories"] == len(held_out)
+    future_captions = [c for row in held_out["captions"] for c in row[2:4]]
+    quiet = sum(caption_event(c) == "nothing happens" for c in future_captions) / len(future_captions)
+    assert sampled["caption_majority_class_rate"] == pytest.approx(quiet)  # each sample against its own truth
+    if sampled["caption_event_accuracy_on_event_steps"] is not None:
+        assert sampled["caption_event_recall_any_of_k"] >= sampled["caption_event_accuracy_on_event_steps"]
+    assert "caption_event_recall_any_of_k" not in evaluate_future_modalities(*arguments)
 
 
 def test_retrieval_picks_the_most_similar_key():
@@ -222,6 +250,11 @@ def test_caption_scores():
     assert scores["caption_majority_class_rate"] == 0.5
     assert scores["caption_exact_match"] == 0.25
     assert scores["caption_event_accuracy_by_horizon"] == [0.5, 0.5]
+    # The two rows as two samples of one trajectory: the eventful step is captioned right by one of them.
+    assert caption_scores(decoded, truth, num_samples=2)["caption_event_recall_any_of_k"] == 1.0
+    assert caption_scores(decoded[::-1], truth, num_samples=1).get("caption_event_recall_any_of_k") is None
+    with pytest.raises(ValueError, match="num_samples"):
+        caption_scores(decoded[:1], truth[:1], num_samples=2)
 
 
 def test_encoded_modalities_evaluation(tmp_path):

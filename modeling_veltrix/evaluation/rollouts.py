@@ -115,6 +115,8 @@ def evaluate_future_modalities(
     context_length: int,
     num_future_steps: int,
     batch_size: int = 16,
+    num_samples: int | None = None,
+    seed: int = 0,
 ) -> dict:
     """Reads captions and audio back from the evolved future states of held-out trajectories of a speaking,
     captioning world (`dataset` in torch format with `captions`, `input_ids`, `attention_mask`, `audio_values`), with
@@ -124,7 +126,20 @@ def evaluate_future_modalities(
     steps where something happens, and the majority-class rate "nothing happens" for reference), the accuracy of the
     whole caption, and the agreement of the future audio codes with the codes of the true future audio; each also
     per horizon `h = 1 … num_future_steps`.
+
+    With `num_samples = K` the evolver samples K futures per context (`sample=True`, noise from `seed`) and every
+    score is over all K samples (each sample scored against its trajectory's truth); the captions' scores then also
+    hold `caption_event_recall_any_of_k`: the fraction of eventful steps that at least one of the K samples captions
+    right. Without it (the default) the evolver's mean prediction is read.
     """
+    if num_samples is not None and not pipeline.evolver.can_sample:
+        raise ValueError(
+            f"`num_samples` needs an evolver with a sampling head (`sampling_head_layers > 0`), got num_samples="
+            f"{num_samples} and sampling_head_layers={pipeline.evolver.config.sampling_head_layers}."
+        )
+    copies = 1 if num_samples is None else num_samples
+    sampling = {} if num_samples is None else {"sample": True, "num_samples": num_samples}
+    generator = torch.Generator().manual_seed(seed)
     encoder = pipeline.encoder
     modalities = [m for m in ("text", "audio") if m in encoder.config.modalities]
     if not modalities:
@@ -146,17 +161,26 @@ def evaluate_future_modalities(
             num_future_steps=num_future_steps,
             output_type="latent",
             output_modalities=tuple(modalities),
+            generator=generator,
+            **sampling,
         )
         if "text" in modalities:
-            truth.append(np.array(batch["captions"], dtype=object)[:, context_length:total_length])
+            true_captions = np.array(batch["captions"], dtype=object)[:, context_length:total_length]
+            truth.append(np.repeat(true_captions, copies, axis=0))
             decoded.append(np.array(output.captions, dtype=object))
         if "audio" in modalities:
             future_audio = observed["audio_values"][:, context_length:total_length]
             future = encoder(batch["pixel_values"][:, context_length:total_length], audio_values=future_audio)
-            code_hits.append((output.audio_codes.cpu() == future.audio_codes.cpu()).float().mean(-1).numpy())
-    results: dict = {"num_trajectories": len(dataset), "context_length": context_length, "horizon": num_future_steps}
+            true_codes = future.audio_codes.cpu().repeat_interleave(copies, dim=0)
+            code_hits.append((output.audio_codes.cpu() == true_codes).float().mean(-1).numpy())
+    results: dict = {
+        "num_trajectories": len(dataset),
+        "context_length": context_length,
+        "horizon": num_future_steps,
+        "num_samples": num_samples,
+    }
     if "text" in modalities:
-        results |= caption_scores(np.concatenate(decoded), np.concatenate(truth))
+        results |= caption_scores(np.concatenate(decoded), np.concatenate(truth), copies)
     if "audio" in modalities:
         codes = np.concatenate(code_hits)
         results["audio_code_accuracy"] = float(codes.mean())
@@ -164,22 +188,36 @@ def evaluate_future_modalities(
     return results
 
 
-def caption_scores(decoded: np.ndarray, truth: np.ndarray) -> dict:
+def caption_scores(decoded: np.ndarray, truth: np.ndarray, num_samples: int = 1) -> dict:
     """Decoded vs true world captions, arrays of strings of one shape `(N, H)` (steps by horizon, or `(N, 1)`).
 
     Returns the accuracy of the event clause (`caption_event`), on all steps and on the steps where something
     happens, the majority-class rate ("nothing happens") for reference, the exact-match rate of whole captions and the
-    event accuracy per column (horizon).
+    event accuracy per column (horizon). With `num_samples = K > 1`, rows `n·K … n·K + K - 1` are K sampled futures of
+    one trajectory (their `truth` rows equal), and `caption_event_recall_any_of_k` is the fraction of eventful steps
+    that at least one of the K samples captions right.
     """
+    if decoded.shape != truth.shape or decoded.shape[0] % num_samples:
+        raise ValueError(
+            f"`decoded` and `truth` must have one shape (N·K, H) with K = num_samples = {num_samples}, got "
+            f"{decoded.shape} and {truth.shape}."
+        )
     hits = np.vectorize(lambda a, b: caption_event(a) == caption_event(b), otypes=[bool])(decoded, truth)
     eventful = np.vectorize(lambda b: caption_event(b) != "nothing happens", otypes=[bool])(truth)
-    return {
+    scores = {
         "caption_event_accuracy": float(hits.mean()),
         "caption_event_accuracy_on_event_steps": float(hits[eventful].mean()) if eventful.any() else None,
         "caption_majority_class_rate": float(1 - eventful.mean()),
         "caption_exact_match": float((decoded == truth).mean()),
         "caption_event_accuracy_by_horizon": hits.mean(0).tolist(),
     }
+    if num_samples > 1:
+        any_hit = hits.reshape(-1, num_samples, hits.shape[-1]).any(1)
+        trajectory_eventful = eventful[::num_samples]
+        scores["caption_event_recall_any_of_k"] = (
+            float(any_hit[trajectory_eventful].mean()) if trajectory_eventful.any() else None
+        )
+    return scores
 
 
 def retrieval_r1(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ from .baselines import (
     count_parameters,
     matched_baseline_config,
 )
+from .event_recall import evaluate_event_recall, event_recall_targets
 from .metric_loading import load_metric
 from .sample_metrics import best_and_mean_of_k_error, object_persistence, sharpness_ratio
 from .visualization import save_error_grid
@@ -72,6 +73,10 @@ class SuiteSettings:
             to compare a model trained on another window at the same horizons.
         num_samples: futures sampled from each held-out context by the evolver's stochastic head (when it has one),
             for the best-of-K and mean-of-K errors; the first sample is also scored as the model `veltrix_sampled`.
+        speaking_preset: a speaking, captioning preset (e.g. `configuration/veltrix-tiny-speaking`) whose models are
+            trained with `speaking_recipe` and scored for future event recall (deterministic and sampled, with
+            `num_samples` futures); None skips it. With it, `worlds` may be empty (the event recall alone).
+        speaking_recipe: the recipe of `speaking_preset` (a world with captions); given exactly when it is.
     """
 
     preset: str
@@ -83,10 +88,20 @@ class SuiteSettings:
     batch_size: int = 16
     horizon_window: int | None = None
     num_samples: int = 8
+    speaking_preset: str | None = None
+    speaking_recipe: VeltrixTrainingRecipe | None = None
 
     def __post_init__(self) -> None:
-        if not self.worlds or any(world not in WORLDS for world in self.worlds):
-            raise ValueError(f"`worlds` must be a non-empty subset of {sorted(WORLDS)}, got {self.worlds!r}.")
+        if any(world not in WORLDS for world in self.worlds) or not (self.worlds or self.speaking_preset):
+            raise ValueError(
+                f"`worlds` must be a subset of {sorted(WORLDS)}, non-empty unless `speaking_preset` is given, got "
+                f"{self.worlds!r} (speaking_preset={self.speaking_preset!r})."
+            )
+        if (self.speaking_preset is None) != (self.speaking_recipe is None):
+            raise ValueError(
+                "`speaking_recipe` must be given exactly when `speaking_preset` is, got speaking_preset="
+                f"{self.speaking_preset!r} and speaking_recipe {'None' if self.speaking_recipe is None else 'given'}."
+            )
         names = ("horizon_multiple", "num_inference_steps", "num_sample_trajectories", "batch_size", "num_samples")
         for name in names + (() if self.horizon_window is None else ("horizon_window",)):
             value = getattr(self, name)
@@ -362,8 +377,12 @@ METRIC_ORDER = ("rollout_error", "valid_prediction_time", "frame_quality", "ener
 
 
 def _settings_record(settings: SuiteSettings) -> dict:
-    """The settings as JSON values: what a saved world evaluation must match to be reused."""
-    return json.loads(json.dumps(asdict(settings) | {"preset": os.path.abspath(settings.preset)}))
+    """The settings as JSON values: what a saved world evaluation must match to be reused (the speaking settings do
+    not enter a world's scores)."""
+    record = asdict(settings) | {"preset": os.path.abspath(settings.preset)}
+    for name in ("speaking_preset", "speaking_recipe"):
+        record.pop(name)
+    return json.loads(json.dumps(record))
 
 
 def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tuple[dict, VeltrixPipeline]:
@@ -526,6 +545,24 @@ def run_suite(settings: SuiteSettings, output_dir: str, report_path: str, card_p
         worlds[world], pipeline = evaluate_world(settings, world, output_dir)
         environment = environment or environment_record(pipeline)
     report = {"environment": environment, "results": suite_results(settings, worlds), "targets": suite_targets(worlds)}
+    if settings.speaking_preset is not None:
+        print(f"[veltrix] future event recall: {settings.speaking_preset}")
+        speaking, speaking_pipeline = evaluate_event_recall(
+            settings.speaking_preset,
+            settings.speaking_recipe,
+            os.path.join(output_dir, "speaking"),
+            settings.num_samples,
+        )
+        report["environment"] = environment or environment_record(speaking_pipeline)
+        report["results"]["speaking"] = speaking
+        for name in ("deterministic", "sampled"):
+            scores = speaking[name]
+            recall = None if scores is None else scores["caption_event_accuracy_on_event_steps"]
+            report["results"][f"future_event_recall_speaking_{name}"] = recall
+        report["targets"] += event_recall_targets(speaking)
+    if not worlds:
+        save_report(report_path, report)
+        return report
     plot_path = os.path.splitext(report_path)[0] + "_error_vs_horizon.png"
     report["results"]["plot"] = os.path.abspath(plot_path)
     save_report(report_path, report)
