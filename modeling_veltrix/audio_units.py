@@ -15,7 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import ResidualVQ
+from transformers import initialization as init
+from vector_quantize_pytorch import ResidualVQ, VectorQuantize
+from vector_quantize_pytorch.vector_quantize_pytorch import Codebook
 
 # Floor of the mel power before the log: -40 dB below a full-scale tone's band power, and what silence maps to.
 LOG_MEL_FLOOR = 1e-4
@@ -43,11 +45,42 @@ def mel_filterbank(num_mels: int, n_fft: int, sample_rate: int) -> torch.Tensor:
 def log_mel_spectrogram(waveform: torch.Tensor, filterbank: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     """`(N, S)` waveform -> `(N, F, M)` log-mel, `F = S // hop_length + 1` centred Hann frames, rescaled so that
     silence is 0 and a full-scale tone is about 1 (`log(power + floor) / -log(floor) + 1`)."""
-    window = torch.hann_window(n_fft, dtype=waveform.dtype, device=waveform.device)
-    spectrum = torch.stft(waveform, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True)
+    # In float32 (or float64) whatever the model's precision: CPU has no half-precision FFT, and the power spans
+    # more decades than float16 holds.
+    compute = torch.float32 if waveform.dtype in (torch.float16, torch.bfloat16) else waveform.dtype
+    samples = waveform.to(compute)
+    window = torch.hann_window(n_fft, dtype=compute, device=waveform.device)
+    spectrum = torch.stft(samples, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True)
     power = spectrum.abs().square() / window.square().sum()  # (N, n_fft // 2 + 1, F), a tone's peak bin ~ A² n_fft/4
-    mel = power.transpose(1, 2) @ filterbank.to(power.dtype)  # (N, F, M)
-    return torch.log(mel + LOG_MEL_FLOOR) / -math.log(LOG_MEL_FLOOR) + 1.0
+    mel = power.transpose(1, 2) @ filterbank.to(compute)  # (N, F, M)
+    return (torch.log(mel + LOG_MEL_FLOOR) / -math.log(LOG_MEL_FLOOR) + 1.0).to(waveform.dtype)
+
+
+# The `vector_quantize_pytorch` modules of the tokenizer's quantizer that hold buffers of their own.
+QUANTIZER_MODULES = (ResidualVQ, VectorQuantize, Codebook)
+
+
+@torch.no_grad()
+def init_quantizer_buffers_(module: nn.Module) -> None:
+    """Sets the buffers that `module`, one of `QUANTIZER_MODULES`, holds itself (not its children's) to their values
+    at construction, with `transformers.initialization` (which leaves the tensors loaded by `from_pretrained` alone).
+
+    `vector_quantize_pytorch` fills them only in its constructors, while `from_pretrained` builds models on the meta
+    device and loads only persistent tensors: the non-persistent ones (`zero`, `beam_score_weights`) exist only
+    through this.
+    """
+    if isinstance(module, ResidualVQ):
+        init.ones_(module.beam_score_weights)  # equal weights: the tokenizer gives no `beam_score_quantizer_weights`
+    elif isinstance(module, VectorQuantize):
+        init.zeros_(module.zero)
+    elif isinstance(module, Codebook):
+        init.kaiming_uniform_(module.embed)  # `vector_quantize_pytorch.uniform_init`
+        init.copy_(module.embed_avg, module.embed)
+        init.ones_(module.cluster_size)
+        init.constant_(module.initted, True)  # no k-means initialisation: the random codebooks are final
+    else:
+        expected = [kind.__name__ for kind in QUANTIZER_MODULES]
+        raise ValueError(f"`module` must be one of {expected}, got {type(module).__name__}.")
 
 
 class VeltrixAudioTokenizer(nn.Module):
@@ -70,15 +103,21 @@ class VeltrixAudioTokenizer(nn.Module):
         codebook_size: int,
     ):
         super().__init__()
-        self.window_size, self.n_fft, self.hop_length = window_size, n_fft, hop_length
+        self.sample_rate, self.window_size, self.n_fft, self.hop_length = sample_rate, window_size, n_fft, hop_length
+        self.num_mels = num_mels
         self.num_codebooks, self.codebook_dim, self.codebook_size = num_codebooks, codebook_dim, codebook_size
-        # Persistent: `from_pretrained` builds modules on the meta device and fills only what the checkpoint holds.
-        self.register_buffer("filterbank", mel_filterbank(num_mels, n_fft, sample_rate))
+        # Persistent, so that a checkpoint carries the filters it was trained with; `_init_weights` recomputes them.
+        self.register_buffer("filterbank", self.mel_filterbank())
         mel_features = (window_size // hop_length + 1) * num_mels
         self.mel_shape = (window_size // hop_length + 1, num_mels)
         self.to_latent = nn.Linear(mel_features, codebook_dim)
         self.quantizer = ResidualVQ(dim=codebook_dim, num_quantizers=num_codebooks, codebook_size=codebook_size)
         self.to_mel = nn.Linear(codebook_dim, mel_features)
+
+    def mel_filterbank(self) -> torch.Tensor:
+        """This tokenizer's filters `(n_fft // 2 + 1, num_mels)`, in the default dtype (the model's while it is built,
+        as for its other tensors) and on the default device."""
+        return mel_filterbank(self.num_mels, self.n_fft, self.sample_rate).to(torch.get_default_dtype())
 
     @property
     def codebooks(self) -> torch.Tensor:
@@ -112,4 +151,10 @@ class VeltrixAudioTokenizer(nn.Module):
         return distances.argmin(-1)
 
 
-__all__ = ["VeltrixAudioTokenizer", "log_mel_spectrogram", "mel_filterbank"]
+__all__ = [
+    "QUANTIZER_MODULES",
+    "VeltrixAudioTokenizer",
+    "init_quantizer_buffers_",
+    "log_mel_spectrogram",
+    "mel_filterbank",
+]

@@ -1,11 +1,17 @@
 """Frame units of the encoder (MPE): patches mixed locally (ConvNeXt-style depthwise blocks), the resampler's
 cross-attention (Perceiver / Flamingo queries over the patches) and the direct frame readouts `D_frames` from units
-back to pixels, one per unit layout (`"grid"`: one unit per patch; `"resampler"`: learned queries)."""
+back to pixels, one per unit layout (`"grid"`: one unit per patch; `"resampler"`: learned queries).
+
+The mixing blocks and the cross-attention are `GradientCheckpointingLayer`s: `model.activation_checkpointing_enable()`
+(or its deprecated alias `gradient_checkpointing_enable()`) recomputes their activations in the backward pass instead
+of storing them.
+"""
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_veltrix import VeltrixEncoderConfig
 
@@ -33,7 +39,7 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int) -> torch.T
     return frames.permute(0, 5, 1, 3, 2, 4).reshape(n, channels, grid * patch_size, grid * patch_size)
 
 
-class VeltrixLocalMixingBlock(nn.Module):
+class VeltrixLocalMixingBlock(GradientCheckpointingLayer):
     """Residual depthwise convolution + LayerNorm + MLP over a (N, G, G, H) feature grid."""
 
     def __init__(self, hidden_size: int, kernel_size: int, mlp_ratio: float, eps: float):
@@ -44,11 +50,12 @@ class VeltrixLocalMixingBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, hidden_size))
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, G, G, H) -> (N, G, G, H)."""
         mixed = self.depthwise(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return grid + self.mlp(self.norm(mixed))
 
 
-class VeltrixCrossAttention(nn.Module):
+class VeltrixCrossAttention(GradientCheckpointingLayer):
     """Multi-head cross-attention of queries (N, Q, H) to keys/values (N, K, H), pre-normed, with an MLP."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, eps: float):
@@ -64,6 +71,7 @@ class VeltrixCrossAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden_size, inner), nn.GELU(), nn.Linear(inner, hidden_size))
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Queries (N, Q, H) attend to context (N, K, H) -> (N, Q, H)."""
         n, q_len, hidden = queries.shape
         head_dim = hidden // self.num_heads
         q = self.q_proj(self.query_norm(queries)).reshape(n, q_len, self.num_heads, head_dim).transpose(1, 2)

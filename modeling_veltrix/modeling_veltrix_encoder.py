@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .audio_units import VeltrixAudioTokenizer
+from .audio_units import QUANTIZER_MODULES, VeltrixAudioTokenizer, init_quantizer_buffers_
 from .configuration_veltrix import VeltrixEncoderConfig
 from .frame_units import (
     VeltrixCrossAttention,
@@ -37,7 +38,7 @@ from .frame_units import (
     grid_positions,
 )
 from .input_validation import check_finite, check_indices, check_range, check_shape, checks_enabled, input_device
-from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion
+from .orthogonal_fusion import VeltrixLinearEmbedding, VeltrixOrthogonalFusion, VeltrixOrthogonalMap
 from .text_units import VeltrixCaptionHead, VeltrixTextUnitEncoder, byte_detokenize, caption_targets
 from .weights_check import VeltrixCheckedLoadingMixin
 
@@ -84,8 +85,19 @@ class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel)
     base_model_prefix = "encoder"
     main_input_name = "pixel_values"
     _no_split_modules = ["VeltrixLocalMixingBlock", "VeltrixCrossAttention"]
+    # The mixing blocks and cross-attentions are `GradientCheckpointingLayer`s.
+    supports_gradient_checkpointing = True
+    # No token embeddings: like transformers' vision models, the input embedding is the patch embedding.
+    _input_embed_layer = "patch_embedding"
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialises every parameter and buffer of `module` (its own, not its children's) with
+        `transformers.initialization`, which skips the tensors that `from_pretrained` loaded. Buffers that are a
+        function of the config (the mel filterbank, `Q`'s base) are recomputed exactly, so a model built on the meta
+        device and then initialised equals one built directly.
+
+        Each tensor is set by the branch of the module that holds it directly: transformers skips a module of custom
+        code whose own tensors are all loaded (or that has none), so a parent cannot initialise its children's."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             # Fan-in scaled (PyTorch's default) rather than a fixed small std: the encoder is a short chain of
@@ -111,19 +123,34 @@ class VeltrixEncoderPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel)
             init.normal_(module.queries, std=std)
         elif isinstance(module, VeltrixCaptionHead):
             init.normal_(module.position_embedding, std=std)
+        elif isinstance(module, VeltrixLinearEmbedding):
+            # Orthonormal rows, as its `reset_parameters` (`init.orthogonal_` factorises half precisions in float32).
+            init.orthogonal_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, parametrize.ParametrizationList) and isinstance(module[0], VeltrixOrthogonalMap):
+            init.zeros_(module.original)  # the fusion's Q = base · map(0) = base
+        elif isinstance(module, VeltrixOrthogonalMap):
+            init.eye_(module.base)  # Q starts at the identity: each block on its own coordinates
+        elif isinstance(module, VeltrixAudioTokenizer):
+            init.copy_(module.filterbank, module.mel_filterbank())
+        elif isinstance(module, QUANTIZER_MODULES):
+            init_quantizer_buffers_(module)
 
 
 @dataclass
 class VeltrixEncoderOutput(ModelOutput):
     """
+    The fields in this order are also the tuple of `return_dict=False` (`to_tuple()`: the fields that are not `None`),
+    so with `return_loss=True` the loss comes first, as in transformers.
+
     Args:
+        loss (`torch.Tensor`, *optional*): with `return_loss=True`, the reconstruction MSE, plus with several
+            modalities the weighted caption, audio-tokenizer and alignment terms.
         units (`torch.Tensor` of shape `(B, T, U, D)`): the bounded state units of every step (with several
             modalities, their orthogonal direct sum).
         actions (`torch.Tensor` of shape `(B, T, A)`, *optional*): the actions, passed through for the evolver.
         reconstruction (`torch.Tensor` of shape `(B, T, C, H, W)`, *optional*): the frame readout of the units,
             returned when `return_loss=True`.
-        loss (`torch.Tensor`, *optional*): with `return_loss=True`, the reconstruction MSE, plus with several
-            modalities the weighted caption, audio-tokenizer and alignment terms.
         unit_mask (`torch.Tensor` of shape `(B, T, U)`, *optional*): with several modalities, which unit slots hold
             kept content (frame slots past `num_resampled_units` are zero).
         subspaces (`dict[str, slice]`, *optional*): with several modalities, each block's coordinates before the
@@ -132,16 +159,20 @@ class VeltrixEncoderOutput(ModelOutput):
             unweighted `frames`, `text`, `audio` and `align` terms.
         audio_codes (`torch.Tensor` of shape `(B, T, K)`, *optional*): the codes of the step's audio, when audio
             was given.
+        hidden_states (`tuple(torch.Tensor)`, *optional*): with `output_hidden_states=True`, the patch features
+            `(B, T, G, G, hidden_size)` of every step after the patch and position embedding and after each mixing
+            layer: `num_mixing_layers + 1` tensors.
     """
 
+    loss: torch.Tensor | None = None
     units: torch.Tensor | None = None
     actions: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
-    loss: torch.Tensor | None = None
     unit_mask: torch.Tensor | None = None
     subspaces: dict | None = None
     loss_terms: dict | None = None
     audio_codes: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
@@ -253,13 +284,20 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         check_shape("units", units, expected, dtype=self.dtype, device=input_device(self))
         check_finite("units", units)
 
-    def encode_units(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, T, U, D) without input checks (callers validate)."""
+    def encode_units(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Frames `(B, T, C, H, W)` -> frame units `(B, T, U, frame_unit_dim)`, without input checks (callers
+        validate), and with `output_hidden_states` the patch features `(B, T, G, G, hidden_size)` after the embedding
+        and after each mixing layer (else `None`)."""
         b, t = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1)
         grid = self.patch_embedding(frames).permute(0, 2, 3, 1) + self.position_embedding  # (N, G, G, H)
+        hidden_states = [grid] if output_hidden_states else None
         for block in self.mixing_blocks:
             grid = block(grid)
+            if output_hidden_states:
+                hidden_states.append(grid)
         tokens = grid.flatten(1, 2)  # (N, G·G, H)
         if self.resampler is not None:
             tokens = tokens + grid_positions(self.config.grid_size, self.config.hidden_size, tokens)
@@ -269,7 +307,9 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
             queries = self.unit_queries + torch.einsum("uph,nph->nuh", self.unit_pooling, tokens)
             tokens = self.resampler(queries, tokens)
         units = torch.tanh(self.unit_proj(self.unit_norm(tokens)))
-        return units.reshape(b, t, *units.shape[1:])
+        if output_hidden_states:
+            hidden_states = tuple(state.reshape(b, t, *state.shape[1:]) for state in hidden_states)
+        return units.reshape(b, t, *units.shape[1:]), hidden_states
 
     def frame_subspace(self, units: torch.Tensor) -> torch.Tensor:
         """What the frame readouts (`decode_frames`, the flow decoder) read of state units `(..., U, D)`: the frame
@@ -428,7 +468,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         audio_features: torch.Tensor | None = None,
         num_resampled_units: int | None = None,
         return_loss: bool = False,
-        return_dict: bool = True,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> VeltrixEncoderOutput | tuple:
         r"""
         Args:
@@ -444,27 +485,46 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
                 that shape).
             num_resampled_units (`int`, *optional*): keep only the first `num_resampled_units` resampled frame units
                 (the rest are zero); needs `unit_layout="resampler"`, see `config.nested_dropout`.
-            return_loss (`bool`): also compute the frame readout and the training loss.
+            return_loss (`bool`, defaults to `False`): also compute the frame readout and the training loss.
+            output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`): also return the
+                patch features after the embedding and after each mixing layer (`VeltrixEncoderOutput.hidden_states`).
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`): a `VeltrixEncoderOutput`, else its
+                `to_tuple()` (the loss first when computed).
 
         Absent modalities leave their blocks zero.
         """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        for name, flag in (
+            ("return_loss", return_loss),
+            ("output_hidden_states", output_hidden_states),
+            ("return_dict", return_dict),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be a bool, got {flag!r}.")
         if checks_enabled():
             given = (input_ids, attention_mask, audio_values, audio_codes, audio_features)
             observed = dict(zip(OBSERVED_INPUTS, given, strict=True))
             self.check_inputs(pixel_values, actions, observed, num_resampled_units)
         if self.fusion is None:
-            units = self.encode_units(pixel_values)
+            units, hidden_states = self.encode_units(pixel_values, output_hidden_states)
             units = self._keep_first_units(units.flatten(0, 1), num_resampled_units).reshape(units.shape)
             reconstruction = loss = None
             if return_loss:
                 reconstruction = self.decode_frames(units)
                 loss = F.mse_loss(reconstruction, pixel_values)
-            if not return_dict:
-                return tuple(v for v in (loss, units, actions, reconstruction) if v is not None)
-            return VeltrixEncoderOutput(units=units, actions=actions, reconstruction=reconstruction, loss=loss)
-        text = (input_ids, attention_mask)
-        audio = (audio_values, audio_codes, audio_features)
-        return self._forward_fused(pixel_values, actions, text, audio, num_resampled_units, return_loss, return_dict)
+            output = VeltrixEncoderOutput(
+                loss=loss, units=units, actions=actions, reconstruction=reconstruction, hidden_states=hidden_states
+            )
+        else:
+            text = (input_ids, attention_mask)
+            audio = (audio_values, audio_codes, audio_features)
+            output = self._forward_fused(
+                pixel_values, actions, text, audio, num_resampled_units, return_loss, output_hidden_states
+            )
+        return output if return_dict else output.to_tuple()
 
     def _forward_fused(
         self,
@@ -474,8 +534,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         audio: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
         num_resampled_units: int | None,
         return_loss: bool,
-        return_dict: bool,
-    ) -> VeltrixEncoderOutput | tuple:
+        output_hidden_states: bool,
+    ) -> VeltrixEncoderOutput:
         """Each modality's units into its block, fused by `Q`; the losses of the representation stage.
 
         `text` is `(input_ids, attention_mask)` and `audio` is `(audio_values, audio_codes, audio_features)`, as
@@ -485,7 +545,8 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
         audio_values, audio_codes, audio_features = audio
         b, t = pixel_values.shape[:2]
         # `full` keeps every unit (alignment is learned on it, as retrieval reads it); `parts` is what gets fused.
-        full = {"frames": self.encode_units(pixel_values).flatten(0, 1)}  # (N, U, d_frames), N = B·T
+        frame_units, hidden_states = self.encode_units(pixel_values, output_hidden_states)
+        full = {"frames": frame_units.flatten(0, 1)}  # (N, U, d_frames), N = B·T
         if input_ids is not None:
             input_ids, attention_mask = trim_caption_padding(input_ids, attention_mask)
             full["text"] = self.text_encoder(input_ids.flatten(0, 1), attention_mask.flatten(0, 1))
@@ -528,17 +589,16 @@ class VeltrixEncoderModel(VeltrixEncoderPreTrainedModel):
                     )
                 loss_terms["align"] = self.alignment_loss(full, keys)
                 loss = loss + config.align_loss_weight * loss_terms["align"]
-        if not return_dict:
-            return tuple(v for v in (loss, units, actions, reconstruction, unit_mask) if v is not None)
         return VeltrixEncoderOutput(
+            loss=loss,
             units=units,
             actions=actions,
             reconstruction=reconstruction,
-            loss=loss,
             unit_mask=unit_mask,
             subspaces=dict(self.fusion.slices),
             loss_terms=loss_terms,
             audio_codes=audio_codes,
+            hidden_states=hidden_states,
         )
 
     def alignment_embeddings(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,18 +8,38 @@ first `U_m` unit slots of a step), and one learned orthogonal matrix `Q ∈ O(D)
     C   = Σ_m Q_m φ_m(x_m),   Q_m = Q[:, block m],   S_m = span(Q_m),   S_a ⊥ S_b   since QᵀQ = I
 
 so the decomposition is a projection, `φ_m(x_m) = Q_mᵀ C`, and `x_m = D_m(Q_mᵀ C)` exactly when `φ_m` is linear and
-injective (`VeltrixLinearEmbedding.inverse`). `Q` lives on the orthogonal group through
-`torch.nn.utils.parametrizations.orthogonal` (Cayley or matrix exponential of a skew-symmetric matrix), so gradient
-steps never leave it. Every step and every unit slot is transformed by the same `Q`, so the map commutes with
-permutations of time. `canonical_correlation_directions` (CCA via the SVD of the whitened cross-covariance, Hotelling
-1936) gives an optional data-driven initialisation of `Q` (`VeltrixOrthogonalFusion.cca_initialize_`).
+injective (`VeltrixLinearEmbedding.inverse`). `Q` lives on the orthogonal group through `VeltrixOrthogonalMap`, the
+dynamic trivialization of `torch.nn.utils.parametrizations.orthogonal` (Cayley or matrix exponential of a skew-symmetric
+matrix, Lezcano-Casado 2019) computed in float32, so gradient steps never leave it. Every step and every unit slot is
+transformed by the same `Q`, so the map commutes with permutations of time. `canonical_correlation_directions` (CCA via
+the SVD of the whitened cross-covariance, Hotelling 1936) gives an optional data-driven initialisation of `Q`
+(`VeltrixOrthogonalFusion.cca_initialize_`).
 """
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import orthogonal
+from torch.nn.utils import parametrize
 
 from .configuration_veltrix import ORTHOGONAL_MAPS
+
+# Precisions without CPU kernels for QR (`geqrf`) and LU (`lu`, the Cayley map's solve): factorised in float32.
+HALF_PRECISIONS = (torch.float16, torch.bfloat16)
+
+
+def semi_orthogonal(rows: int, columns: int, like: torch.Tensor) -> torch.Tensor:
+    """A random `(rows, columns)` matrix with orthonormal rows (`rows <= columns`) or columns, on `like`'s device and
+    in its dtype; drawn and factorised in float32, which every device has a QR kernel for."""
+    return nn.init.orthogonal_(torch.empty(rows, columns, dtype=torch.float32, device=like.device)).to(like.dtype)
+
+
+def orthonormalize(matrix: torch.Tensor) -> torch.Tensor:
+    """`(D, D)` -> the Q factor of its QR decomposition with `R`'s diagonal made positive, in `matrix`'s dtype: an
+    orthogonal matrix maps to itself (up to rounding), any other full-rank one to an orthogonal one. Factorised in
+    float32 for half precisions."""
+    compute = torch.float32 if matrix.dtype in HALF_PRECISIONS else matrix.dtype
+    basis, upper = torch.linalg.qr(matrix.to(compute))
+    signs = torch.diagonal(upper).sign()
+    return (basis * torch.where(signs == 0, torch.ones_like(signs), signs)).to(matrix.dtype)
 
 
 class VeltrixLinearEmbedding(nn.Module):
@@ -43,9 +63,10 @@ class VeltrixLinearEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Orthonormal rows: an isometry onto its image, so the inverse is well conditioned from the start.
+        """Orthonormal rows and a zero bias: an isometry onto its image, so the inverse is well conditioned from the
+        start."""
         with torch.no_grad():
-            self.weight.copy_(torch.linalg.qr(torch.randn(self.weight.shape[1], self.weight.shape[0]))[0].T)
+            self.weight.copy_(semi_orthogonal(*self.weight.shape, like=self.weight))
             self.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -61,6 +82,45 @@ class VeltrixLinearEmbedding(nn.Module):
         flat = units.flatten(-2).double() - self.bias.double()
         pseudo_inverse = torch.linalg.pinv(self.weight.double())  # (out, in)
         return (flat @ pseudo_inverse).to(units.dtype)
+
+
+class VeltrixOrthogonalMap(nn.Module):
+    """The parametrization of `Q (D, D)`: `Q = B · map(A)`, `A = tril(X) - tril(X)ᵀ` skew-symmetric, `map` the Cayley
+    transform `(I - A/2)⁻¹ (I + A/2)` or the matrix exponential, both onto `SO(D)`, and `B` the `base` buffer, an
+    orthogonal matrix. It is the dynamic trivialization of `torch.nn.utils.parametrizations.orthogonal` (Lezcano-Casado
+    2019) with the same state-dict layout, computed in float32 whatever the storage dtype: CPU has no half-precision
+    kernel for the Cayley map's solve.
+
+    Args:
+        dim (`int`): `D`.
+        orthogonal_map (`str`): `"cayley"` or `"matrix_exp"`.
+    """
+
+    def __init__(self, dim: int, orthogonal_map: str):
+        super().__init__()
+        if orthogonal_map not in ORTHOGONAL_MAPS:
+            raise ValueError(f"`orthogonal_map` must be one of {ORTHOGONAL_MAPS}, got {orthogonal_map!r}.")
+        self.orthogonal_map = orthogonal_map
+        self.register_buffer("base", torch.eye(dim))
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        """`X (D, D)` (the stored `original`) -> `Q (D, D)`, orthogonal, in `X`'s dtype."""
+        lower = original.float().tril()
+        skew = lower - lower.T
+        if self.orthogonal_map == "matrix_exp":
+            rotation = torch.matrix_exp(skew)
+        else:
+            identity = torch.eye(len(skew), device=skew.device)
+            rotation = torch.linalg.solve(identity - skew / 2, identity + skew / 2)
+        return (self.base.float() @ rotation).to(original.dtype)
+
+    @torch.no_grad()
+    def right_inverse(self, rotation: torch.Tensor) -> torch.Tensor:
+        """Assigning `Q (D, D)` stores it (`orthonormalize`d) as `base` and returns `X = 0`, so that `map(A) = I`."""
+        if rotation.shape != self.base.shape:
+            raise ValueError(f"`rotation` must have shape {tuple(self.base.shape)}, got {tuple(rotation.shape)}.")
+        self.base.copy_(orthonormalize(rotation))
+        return torch.zeros_like(rotation)
 
 
 class VeltrixOrthogonalFusion(nn.Module):
@@ -90,10 +150,8 @@ class VeltrixOrthogonalFusion(nn.Module):
             start += width
         self.dim = start
         self.rotation = nn.Module()
-        # Built on the CPU explicitly: registering the parametrization checks orthogonality with a scalar read, which
-        # the meta device (used by `from_pretrained` to build models before loading weights) cannot do.
-        self.rotation.weight = nn.Parameter(torch.eye(self.dim, device="cpu"))
-        orthogonal(self.rotation, "weight", orthogonal_map=orthogonal_map)
+        self.rotation.weight = nn.Parameter(torch.eye(self.dim))
+        parametrize.register_parametrization(self.rotation, "weight", VeltrixOrthogonalMap(self.dim, orthogonal_map))
 
     @property
     def rotation_matrix(self) -> torch.Tensor:
@@ -229,4 +287,11 @@ def canonical_correlation_directions(
     return whiten_a @ u, whiten_b @ vh.T, s
 
 
-__all__ = ["VeltrixLinearEmbedding", "VeltrixOrthogonalFusion", "canonical_correlation_directions"]
+__all__ = [
+    "VeltrixLinearEmbedding",
+    "VeltrixOrthogonalFusion",
+    "VeltrixOrthogonalMap",
+    "canonical_correlation_directions",
+    "orthonormalize",
+    "semi_orthogonal",
+]
