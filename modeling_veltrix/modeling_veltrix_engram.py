@@ -37,6 +37,19 @@ MULTIPLIER_BITS = 31
 MISSING_CODE = -1
 
 
+def hash_constants(config: VeltrixEngramConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n-gram hash's constants, fixed by `config.hash_seed` (drawn on the CPU, so every device and build agrees):
+    per (order, head, position) an odd multiplier (orders, heads + 1, max_order) and per (order, head) a salt
+    (orders, heads + 1), both int64 in [0, 2**MULTIPLIER_BITS); the extra "head" makes the fingerprint that tells two
+    keys of a slot apart."""
+    generator = torch.Generator().manual_seed(config.hash_seed)
+    orders, heads, high = len(config.ngram_orders), config.num_hash_heads, 2**MULTIPLIER_BITS
+    shape = (orders, heads + 1, config.max_order)
+    multipliers = torch.randint(0, high // 2, shape, generator=generator, device="cpu") * 2 + 1
+    salts = torch.randint(0, high, (orders, heads + 1), generator=generator, device="cpu")
+    return multipliers, salts
+
+
 @dataclass
 class VeltrixEngramRecall(ModelOutput):
     """
@@ -70,10 +83,19 @@ class VeltrixEngramPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
     main_input_name = "units"
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialises every parameter and buffer of `module` (also after a build on the meta device): the library's
+        defaults, then the memory's own: an empty table, identity standardisation and code snap, and the hash
+        multipliers, salts and primes that `config.hash_seed` and the table sizes fix. Only
+        `transformers.initialization` functions are used, so buffers loaded by `from_pretrained` stay as loaded."""
         super()._init_weights(module)
         if isinstance(module, VeltrixEngramModel):
             module.reset_buffers()
             init.copy_(module.code_snap, torch.arange(module.config.num_codes))
+            multipliers, salts = hash_constants(module.config)
+            init.copy_(module.hash_multipliers, multipliers)
+            init.copy_(module.hash_salts, salts)
+            init.copy_(module.table_primes, torch.tensor(module.config.table_primes))
+            init.copy_(module.parametric_primes, torch.tensor(module.config.parametric_primes))
         elif isinstance(module, FSQ):
             # Its buffers are not saved (non-persistent): `from_pretrained` re-initialises them here.
             levels = torch.tensor(self.config.fsq_levels, dtype=torch.int32)
@@ -82,11 +104,20 @@ class VeltrixEngramPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
             codebook = module._indices_to_codes(torch.arange(module.codebook_size, device=levels.device))
             init.copy_(module.implicit_codebook, codebook.to(module.implicit_codebook))
         elif isinstance(module, VeltrixEngramZeroInitLinear):
-            # An untrained parametric memory adds nothing (the evolver starts as it would without it), and an
-            # untrained gate weighs every hit by σ(0) = 0.5.
+            # By design zero: an untrained parametric memory adds nothing (the evolver starts as it would without
+            # it), and an untrained gate weighs every hit by σ(0) = 0.5.
             init.zeros_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> None:
+        """None: the memory reads continuous states, not tokens (its n-gram `embeddings` are addressed by hashes of
+        codes, not by input ids), as transformers' image backbones without token embeddings."""
+        return None
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Raises `NotImplementedError`: the memory has no token embeddings to replace."""
+        raise NotImplementedError(f"{type(self).__name__} reads continuous states and has no token embeddings to set.")
 
 
 class VeltrixEngramZeroInitLinear(nn.Linear):
@@ -140,14 +171,10 @@ class VeltrixEngramModel(VeltrixEngramPreTrainedModel):
         self.register_buffer("state_scale", torch.ones(width))
         # The code each raw code is read as: itself, or with `snap_to_seen_codes` the nearest code seen in training.
         self.register_buffer("code_snap", torch.arange(config.num_codes))
-        generator = torch.Generator().manual_seed(config.hash_seed)
-        high = 2**MULTIPLIER_BITS
-        # Per (order, head, position) an odd multiplier and per (order, head) a salt; one more "head" of multipliers
-        # makes the fingerprint that tells two keys of a slot apart. Saved with the tables (persistent), so that a
-        # loaded memory is addressed exactly as it was built.
-        multipliers = torch.randint(0, high // 2, (orders, heads + 1, config.max_order), generator=generator) * 2 + 1
+        # Saved with the tables (persistent), so that a loaded memory is addressed exactly as it was built.
+        multipliers, salts = hash_constants(config)
         self.register_buffer("hash_multipliers", multipliers)
-        self.register_buffer("hash_salts", torch.randint(0, high, (orders, heads + 1), generator=generator))
+        self.register_buffer("hash_salts", salts)
         self.register_buffer("table_primes", torch.tensor(config.table_primes))
         self.register_buffer("parametric_primes", torch.tensor(config.parametric_primes))
         if config.use_table:

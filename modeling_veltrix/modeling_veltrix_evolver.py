@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_veltrix import VeltrixEvolverConfig
@@ -83,8 +84,12 @@ class VeltrixConditionEmbedding(nn.Module):
         return self.mlp(self.step_proj(step_features) + action_term)
 
 
-class VeltrixEvolverBlock(nn.Module):
-    """adaLN-conditioned block: unit mixing within a step -> selective SSM over time -> SwiGLU MLP."""
+class VeltrixEvolverBlock(GradientCheckpointingLayer):
+    """adaLN-conditioned block: unit mixing within a step -> selective SSM over time -> SwiGLU MLP.
+
+    With gradient checkpointing enabled (`model.gradient_checkpointing_enable()`), `forward` (the whole-sequence
+    path) is recomputed in the backward pass when the model trains with gradients enabled; `step`, the recurrent path
+    of rollouts, is never checkpointed."""
 
     def __init__(self, config: VeltrixEvolverConfig):
         super().__init__()
@@ -115,7 +120,8 @@ class VeltrixEvolverBlock(nn.Module):
     def forward(
         self, h: torch.Tensor, condition: torch.Tensor, gaps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """h (B, T, U, H), condition (B, T, C), gaps (B, T) -> h, conv state, SSM state (batched over B·U)."""
+        """h (B, T, U, H), condition (B, T, C), gaps (B, T) -> h, conv state, SSM state (batched over B·U). Every
+        tensor is passed positionally, as gradient checkpointing needs."""
         shift_mix, scale_mix, shift_ssm, scale_ssm, shift_mlp, scale_mlp = self._modulation(condition)
         h = h + self._mix_units(h, shift_mix, scale_mix)
         b, t, u, hidden = h.shape
@@ -280,43 +286,72 @@ def _check_mode(mode: str | None, actions: torch.Tensor | None, interventions: o
         raise ValueError(f"`interventions` are only used by mode='counterfactual', got mode={mode!r}.")
 
 
+def _check_flag(name: str, value: object, optional: bool = False) -> None:
+    """Requires a switch of `forward` to be a bool, or also None when `optional` (its default then comes from the
+    config)."""
+    if not isinstance(value, bool) and not (optional and value is None):
+        expected = "a bool or None (the config's default)" if optional else "a bool"
+        raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+
+
 class VeltrixEvolverPreTrainedModel(VeltrixCheckedLoadingMixin, PreTrainedModel):
     config_class = VeltrixEvolverConfig
     base_model_prefix = "evolver"
     main_input_name = "units"
     _no_split_modules = ["VeltrixEvolverBlock"]
-    supports_gradient_checkpointing = False
+    # The blocks are `GradientCheckpointingLayer`s.
+    supports_gradient_checkpointing = True
+    # No token embeddings: as transformers' vision models name their patch embedding, the input embedding is the
+    # projection of the units `(B, T, U, D)` to the hidden width (`get_input_embeddings`, `enable_input_require_grads`).
+    _input_embed_layer = "in_proj"
 
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialises every parameter and buffer of `module` (also after a build on the meta device, where the
+        constructors' values are lost): the library's defaults (normal linear and convolution weights, zero biases,
+        unit norms), then the evolver's own. Only `transformers.initialization` functions are used, so tensors loaded
+        by `from_pretrained` (flagged `_is_hf_initialized`) are left as loaded."""
         super()._init_weights(module)
         if isinstance(module, VeltrixSelectiveSSM):
+            # S4D-real decay rates, log-uniform step sizes, unit skip (random but for D: see `reset_ssm_parameters`).
             module.reset_ssm_parameters()
         elif isinstance(module, VeltrixZeroInitLinear):
-            # Identity modulation (scale = shift = 0) and dS/dt = 0: an untrained evolver predicts no motion.
+            # By design zero, weight and bias: identity adaLN modulation (scale = shift = 0), dS/dt = 0 and a zero
+            # flow velocity, so an untrained evolver returns its input state unchanged.
             init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, VeltrixConditionEmbedding):
+            # The learned null condition of free evolution starts at zero (no action).
+            init.zeros_(module.null_condition)
         elif isinstance(module, VeltrixSamplingHead):
+            # Unit change scale until training sets it from the data (`fit_change_scale`); a persistent buffer.
             init.ones_(module.change_scale)
 
 
 @dataclass
 class VeltrixEvolverOutput(ModelOutput):
     """
+    The output of `VeltrixEvolverModel.forward`; with `return_dict=False`, `to_tuple()` of it: the fields below in
+    this order, those that are None left out (so the loss comes first when there is one).
+
     Args:
+        sampling_loss (`torch.Tensor`, *optional*):
+            The stochastic head's flow-matching loss (a scalar) of `sampling_targets`, when they are given.
         predicted_units (`torch.Tensor` of shape `(B, T, U, D)`):
             For every input step t, the predicted state at `prediction_timestamps[:, t]`.
         velocities (`torch.Tensor` of shape `(B, T, U, D)`):
             The predicted time derivative `dS/dt` (per second) at every step.
         cache (`VeltrixEvolverCache`, *optional*):
             The recurrent state after the last step, returned when `use_cache=True`.
-        sampling_loss (`torch.Tensor`, *optional*):
-            The stochastic head's flow-matching loss (a scalar) of `sampling_targets`, when they are given.
+        hidden_states (`tuple(torch.Tensor)`, *optional*):
+            With `output_hidden_states=True`, `num_hidden_layers + 1` tensors of shape `(B, T, U, hidden_size)`: the
+            input projection of the units, then the output of every block (before the final norm).
     """
 
+    sampling_loss: torch.Tensor | None = None
     predicted_units: torch.Tensor | None = None
     velocities: torch.Tensor | None = None
     cache: VeltrixEvolverCache | None = None
-    sampling_loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -545,10 +580,11 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         actions: torch.Tensor | None = None,
         prediction_timestamps: torch.Tensor | None = None,
         use_cache: bool = False,
-        return_dict: bool = True,
+        return_dict: bool | None = None,
         engram: nn.Module | None = None,
         sampling_targets: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        output_hidden_states: bool | None = None,
     ) -> VeltrixEvolverOutput | tuple:
         r"""
         Args:
@@ -560,17 +596,30 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             prediction_timestamps (`torch.Tensor` of shape `(B, T)`, *optional*): the time each step predicts;
                 defaults to the next timestamp, and for the last step one more interval of the same length.
             use_cache (`bool`): also return the recurrent state after the last step, to continue with `step`.
+            return_dict (`bool`, *optional*): return a [`VeltrixEvolverOutput`] (else its `to_tuple()`); defaults
+                to `config.return_dict`.
             engram (`VeltrixEngramModel`, *optional*): an Engram memory of this evolver; its parametric memory (if
                 any) is added in front of its injection layers, and the cache keeps the codes of the last steps.
             sampling_targets (`torch.Tensor` of shape `(B, T, U, D)`, *optional*): the true states at
                 `prediction_timestamps`; the output then carries the stochastic head's flow-matching loss of them
                 (`sampling_loss`, needs `config.sampling_head_layers > 0`).
             generator (`torch.Generator`, *optional*): the source of that loss's noise and flow times.
+            output_hidden_states (`bool`, *optional*): also return the hidden states (B, T, U, hidden_size) of the
+                input projection and of every block; defaults to `config.output_hidden_states`.
+
+        Returns:
+            [`VeltrixEvolverOutput`], or its `to_tuple()` with `return_dict=False`.
         """
         if checks_enabled():
             self._check_forward_inputs(units, timestamps, actions, prediction_timestamps)
             self._check_engram(engram)
             self._check_sampling_targets(units, sampling_targets, generator)
+            _check_flag("use_cache", use_cache)
+            _check_flag("return_dict", return_dict, optional=True)
+            _check_flag("output_hidden_states", output_hidden_states, optional=True)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         timestamps, step_sizes = self._teacher_forcing_clock(units, timestamps, prediction_timestamps)
         reference = self.config.dt_reference
         # Times may be float64 (the clock's dtype): differences are taken in it, step sizes cast to the model's.
@@ -580,6 +629,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         histories = None if engram is None else engram.histories(engram.codes(units))
         memory = self._memory(engram, histories)
         hidden = self.in_proj(units)
+        all_hidden = [hidden] if output_hidden_states else None
         conv_states, ssm_states = [], []
         for index, layer in enumerate(self.layers):
             if memory is not None and engram.injects_into(index):
@@ -587,6 +637,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             hidden, conv_state, ssm_state = layer(hidden, condition, gaps)
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
+            if output_hidden_states:
+                all_hidden.append(hidden)
         predicted, velocities = self._velocity_to_units(units, hidden, step_sizes)
         sampling_loss = None
         if sampling_targets is not None:
@@ -598,11 +650,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         if use_cache:
             history = None if histories is None else histories[:, -1]
             cache = VeltrixEvolverCache(conv_states, ssm_states, timestamps[:, -1], history)
-        if not return_dict:
-            return tuple(v for v in (predicted, velocities, cache, sampling_loss) if v is not None)
-        return VeltrixEvolverOutput(
-            predicted_units=predicted, velocities=velocities, cache=cache, sampling_loss=sampling_loss
+        output = VeltrixEvolverOutput(
+            sampling_loss=sampling_loss,
+            predicted_units=predicted,
+            velocities=velocities,
+            cache=cache,
+            hidden_states=None if all_hidden is None else tuple(all_hidden),
         )
+        return output if return_dict else output.to_tuple()
 
     def _check_sampling_targets(
         self, units: torch.Tensor, sampling_targets: torch.Tensor | None, generator: torch.Generator | None

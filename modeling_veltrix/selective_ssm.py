@@ -66,6 +66,12 @@ def mamba_kernels_available() -> bool:
 _FACTORIZATION_LIMIT = {torch.float32: 100.0, torch.float64: 600.0}
 
 
+def scan_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a scan computes in: float32 or float64 as given, float32 for half precision (in bfloat16 the decays
+    `exp(dt·A)` and the state's running sums would lose most of their digits)."""
+    return dtype if dtype in _FACTORIZATION_LIMIT else torch.float32
+
+
 def _expand_groups(bc: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Repeats group-shared `B`/`C` (..., g, n) to every head (..., h, n)."""
     return bc.repeat_interleave(num_heads // bc.shape[-2], dim=-2)
@@ -206,7 +212,7 @@ def ssd_chunked_scan(
     g, n = B.shape[-2:]
     heads_per_group = h // g
     out_dtype = x.dtype
-    dtype = out_dtype if out_dtype in _FACTORIZATION_LIMIT else torch.float32
+    dtype = scan_dtype(out_dtype)
     x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
     # A sequence shorter than a chunk is one chunk of its own length: no padding work.
     q = min(chunk_size, length)
@@ -311,9 +317,10 @@ def torch_sequential_scan_combined(
     return_final_states: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`torch_chunk_scan_combined` on the sequential reference scan (`chunk_size` is unused): the oracle of the
-    model-level tests (`config.scan_implementation="sequential"`)."""
-    y, state = ssd_sequential_scan(x, dt, A, B, C)
-    return _scan_output(y, state, x, D, return_final_states)
+    model-level tests (`config.scan_implementation="sequential"`). Half-precision inputs are computed in float32."""
+    dtype = scan_dtype(x.dtype)
+    y, state = ssd_sequential_scan(*(t.to(dtype) for t in (x, dt, A, B, C)))
+    return _scan_output(y.to(x.dtype), state.to(x.dtype), x, D, return_final_states)
 
 
 TORCH_SCANS = {"chunked": torch_chunk_scan_combined, "sequential": torch_sequential_scan_combined}
@@ -340,15 +347,18 @@ def torch_selective_state_update(
         B, C: (b, g, n).
 
     Returns:
-        y (b, h, p).
+        y (b, h, p), in x's dtype; half-precision inputs are computed in float32.
     """
+    dtype = scan_dtype(x.dtype)
     dt = dt[..., 0] if dt_bias is None else dt[..., 0] + dt_bias[:, 0]
-    # Under autograd from a copy, so that the old state, which the product with the decay saves for backward, can
-    # be overwritten.
-    y, new_state = ssd_step(x, dt, A[:, 0, 0], B, C, state.clone() if torch.is_grad_enabled() else state)
+    # Under autograd from a copy (or a float32 copy of a half-precision state), so that the old state, which the
+    # product with the decay saves for backward, can be overwritten.
+    old_state = state.to(dtype, copy=torch.is_grad_enabled())
+    inputs = (t.to(dtype) for t in (x, dt, A[:, 0, 0], B, C))
+    y, new_state = ssd_step(*inputs, old_state)
     state.copy_(new_state)
     if D is not None:
-        y = torch.addcmul(y, x, D)
+        y = torch.addcmul(y, x.to(dtype), D.to(dtype))
     return y.to(x.dtype)
 
 
@@ -488,13 +498,15 @@ class VeltrixSelectiveSSM(nn.Module):
         self, hidden_states: torch.Tensor, gaps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden (..., hidden) and the elapsed time in reference intervals gaps (...) -> the gate z (..., inner), the
-        convolution input xbc (..., conv_dim), the positive step sizes dt (..., heads) and the decay rates A (heads,)
-        in float32."""
+        convolution input xbc (..., conv_dim), the positive step sizes dt (..., heads) and the decay rates A (heads,),
+        the last two in float32 (float64 for a float64 model): in half precision the step sizes, which scale the
+        decays exponentially, would keep only two or three digits."""
         z, xbc, dt_raw = torch.split(
             self.in_proj(hidden_states), [self.inner_size, self.conv_dim, self.num_heads], dim=-1
         )
-        dt = F.softplus(dt_raw + self.dt_bias) * gaps[..., None]
-        return z, xbc, dt, -torch.exp(self.A_log.float())
+        dtype = scan_dtype(hidden_states.dtype)
+        dt = F.softplus(dt_raw.to(dtype) + self.dt_bias.to(dtype)) * gaps[..., None].to(dtype)
+        return z, xbc, dt, -torch.exp(self.A_log.to(dtype))
 
     def _split_xbc(self, xbc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(..., conv_dim) -> x (..., heads, head_dim), B and C (..., groups, state)."""
