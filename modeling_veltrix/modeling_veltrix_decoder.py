@@ -15,13 +15,14 @@ Generative Modeling"), see :func:`flow_matching_loss`; sampling uses diffusers'
         x = scheduler.step(velocity, t, x).prev_sample
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention import FeedForward
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.attention_processor import Attention, AttentionProcessor, AttnProcessor2_0
 from diffusers.models.embeddings import PatchEmbed, TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
@@ -36,11 +37,66 @@ from .weights_check import VeltrixCheckedLoadingMixin
 
 FLOW_TIME_SAMPLINGS = ("logit_normal", "uniform", "mode")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+ATTENTION_SLICE_SIZES = ("auto", "max")
 
 
 def describe(value: object) -> str:
     """Shape of a tensor, or type name of anything else, for error messages."""
     return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+class VeltrixAttnProcessor:
+    r"""The reference attention of the decoder's `Attention` layers, unfused and optionally sliced: diffusers'
+    `AttnProcessor` and `SlicedAttnProcessor` with the per-head query/key normalisation (`norm_q`, `norm_k`, the
+    decoder's `qk_norm`) that those two skip, so that it computes what the default `AttnProcessor2_0`
+    (scaled-dot-product attention) computes.
+
+    Args:
+        slice_size (`int`, *optional*): compute the attention of `slice_size` rows of the (batch · heads) axis at a
+            time, which bounds the memory of the (slice_size, N, M) score matrix; `None` computes all at once.
+    """
+
+    def __init__(self, slice_size: int | None = None) -> None:
+        if slice_size is not None and (
+            isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1
+        ):
+            raise ValueError(f"`slice_size` must be None or an int >= 1, got {slice_size!r}.")
+        self.slice_size = slice_size
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`hidden_states` (B, N, D) attend to `encoder_hidden_states` (B, M, D_ctx) (to themselves when `None`);
+        returns (B, N, D)."""
+        batch_size, _, _ = hidden_states.shape
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch_size)
+        heads = attn.heads
+        # (B, L, H·d) -> per-head norm over d -> (B·H, L, d)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query.unflatten(-1, (heads, -1))).flatten(-2)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key.unflatten(-1, (heads, -1))).flatten(-2)
+        query, key, value = (attn.head_to_batch_dim(tensor) for tensor in (query, key, value))
+        rows = query.shape[0]
+        step = rows if self.slice_size is None else self.slice_size
+        output = query.new_empty(rows, query.shape[1], value.shape[-1])  # (B·H, N, d)
+        for start in range(0, rows, step):
+            rows_mask = None if attention_mask is None else attention_mask[start : start + step]
+            probabilities = attn.get_attention_scores(query[start : start + step], key[start : start + step], rows_mask)
+            output[start : start + step] = torch.bmm(probabilities, value[start : start + step])
+        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(output)))  # (B, N, D)
+
+
+# The processors of diffusers' `attention_processor` module that run the decoder's layers as they are built (unfused
+# projections) and apply `norm_q` / `norm_k`; the others there (`AttnProcessor`, `SlicedAttnProcessor`,
+# `XFormersAttnProcessor`, ...) skip the norms or expect other layers, and would silently change the outputs.
+QK_NORM_PROCESSORS = (VeltrixAttnProcessor, AttnProcessor2_0)
 
 
 class VeltrixDecoderBlock(nn.Module):
@@ -107,7 +163,7 @@ class VeltrixDecoderOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class VeltrixDecoderModel(VeltrixCheckedLoadingMixin, ModelMixin, ConfigMixin):
+class VeltrixDecoderModel(VeltrixCheckedLoadingMixin, ModelMixin, AttentionMixin, ConfigMixin):
     """MGD frame decoder: a DiT predicting the rectified-flow velocity of a frame given a step's state units.
 
     Args:
@@ -263,6 +319,59 @@ class VeltrixDecoderModel(VeltrixCheckedLoadingMixin, ModelMixin, ConfigMixin):
         for layer in (self.norm_out.linear, self.proj_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def set_attn_processor(self, processor: AttentionProcessor | dict[str, AttentionProcessor]) -> None:
+        """`AttentionMixin.set_attn_processor` (one processor for every attention layer, or a dict keyed as
+        `attn_processors`), refusing diffusers' processors that skip the per-head query/key normalisation of a
+        decoder with `qk_norm` (they would change its outputs): use `VeltrixAttnProcessor()` (reference),
+        `VeltrixAttnProcessor(slice_size)` (sliced) or `AttnProcessor2_0()` (the default)."""
+        processors = processor.values() if isinstance(processor, dict) else [processor]
+        if self.config.qk_norm is not None:
+            for candidate in processors:
+                if type(candidate).__module__ == Attention.__module__ and not isinstance(candidate, QK_NORM_PROCESSORS):
+                    raise ValueError(
+                        f"`processor` must apply this decoder's per-head query/key normalisation "
+                        f"(qk_norm={self.config.qk_norm!r}): one of {[c.__name__ for c in QK_NORM_PROCESSORS]} or "
+                        f"a processor of your own, got {type(candidate).__name__}, which skips it."
+                    )
+        super().set_attn_processor(processor)
+
+    def set_use_memory_efficient_attention_xformers(
+        self, valid: bool, attention_op: Callable[..., torch.Tensor] | None = None
+    ) -> None:
+        """`ModelMixin`'s switch to xFormers attention (`enable_xformers_memory_efficient_attention`), refused for a
+        decoder with `qk_norm`: diffusers' `XFormersAttnProcessor` skips the per-head query/key normalisation and
+        would change the outputs; the default `AttnProcessor2_0` already dispatches to memory-efficient kernels."""
+        if valid and self.config.qk_norm is not None:
+            raise ValueError(
+                f"xFormers attention skips this decoder's per-head query/key normalisation "
+                f"(qk_norm={self.config.qk_norm!r}); keep the default AttnProcessor2_0 (scaled-dot-product attention, "
+                "memory-efficient kernels included); got valid=True."
+            )
+        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
+
+    def set_default_attn_processor(self) -> None:
+        """Sets the reference attention (`VeltrixAttnProcessor()`, unfused), as diffusers models set `AttnProcessor`;
+        its outputs match the default `AttnProcessor2_0`'s."""
+        self.set_attn_processor(VeltrixAttnProcessor())
+
+    def set_attention_slice(self, slice_size: str | int | None = "auto") -> None:
+        """Sliced attention (`VeltrixAttnProcessor(slice_size)`), what `DiffusionPipeline.enable_attention_slicing`
+        calls: `"auto"` computes half the heads at a time, `"max"` one row of the (batch · heads) axis at a time, an
+        int that many rows (at most `num_attention_heads`), and `None` restores the default `AttnProcessor2_0`. The
+        outputs do not change."""
+        heads = self.config.num_attention_heads
+        if slice_size is None:
+            self.set_attn_processor(AttnProcessor2_0())
+            return
+        if isinstance(slice_size, str) and slice_size in ATTENTION_SLICE_SIZES:
+            slice_size = max(heads // 2, 1) if slice_size == "auto" else 1
+        if isinstance(slice_size, bool) or not isinstance(slice_size, int) or not 1 <= slice_size <= heads:
+            raise ValueError(
+                f"`slice_size` must be None, one of {ATTENTION_SLICE_SIZES} or an int in [1, {heads}] "
+                f"(num_attention_heads), got {slice_size!r}."
+            )
+        self.set_attn_processor(VeltrixAttnProcessor(slice_size))
 
     def check_inputs(
         self,
@@ -483,4 +592,10 @@ def flow_matching_loss(
     return (weighting * (velocity.float() - (noise - pixel_values).float()).pow(2)).mean()
 
 
-__all__ = ["VeltrixDecoderBlock", "VeltrixDecoderModel", "VeltrixDecoderOutput", "flow_matching_loss"]
+__all__ = [
+    "VeltrixAttnProcessor",
+    "VeltrixDecoderBlock",
+    "VeltrixDecoderModel",
+    "VeltrixDecoderOutput",
+    "flow_matching_loss",
+]

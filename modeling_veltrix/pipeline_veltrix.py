@@ -29,7 +29,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.utils.torch_utils import get_device, randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -65,7 +65,7 @@ from .repository_check import (
     stamp_saved_folder,
     write_folder_atomically,
 )
-from .weights_check import check_finite_file
+from .weights_check import check_finite_file, saved_variant
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Entry-point group of the functions `writer(pipeline, folder)` that add what a Hub repository needs beyond
@@ -102,6 +102,139 @@ def convert_interventions(interventions: object, device: torch.device, dtype: to
         actions=to_model_dtype(interventions.actions, device, dtype),
         state_delta=to_model_dtype(interventions.state_delta, device, dtype),
     )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The loading options of `VeltrixPipeline.from_pretrained` that reach the components: the resolved `dtype`
+    (None, one floating dtype, or per component name with `"default"`) and the weights `variant`."""
+
+    dtype: torch.dtype | dict[str, torch.dtype] | None = None
+    variant: str | None = None
+
+
+def resolve_dtype_argument(dtype: object, torch_dtype: object) -> torch.dtype | dict[str, torch.dtype] | None:
+    """The dtype of a load given as `dtype` or as its older name `torch_dtype` (diffusers and transformers take
+    both, and refuse both at once): None, a floating `torch.dtype`, or a dict of component name (or `"default"`) ->
+    floating `torch.dtype`. Raises a `ValueError` naming the argument otherwise."""
+    if dtype is not None and torch_dtype is not None:
+        raise ValueError(
+            f"Pass `dtype` or its older name `torch_dtype`, not both; got dtype={dtype!r}, torch_dtype={torch_dtype!r}."
+        )
+    name, value = ("torch_dtype", torch_dtype) if torch_dtype is not None else ("dtype", dtype)
+    entries = value.items() if isinstance(value, dict) else [("", value)]
+    if value is not None and (
+        (isinstance(value, dict) and not value)
+        or any(
+            not isinstance(key, str) or not isinstance(item, torch.dtype) or not item.is_floating_point
+            for key, item in entries
+        )
+    ):
+        raise ValueError(
+            f"`{name}` must be None, a floating torch.dtype or a non-empty dict of component name (or 'default') -> "
+            f"floating torch.dtype, got {value!r}."
+        )
+    return value
+
+
+def component_dtypes(dtype: torch.dtype | dict[str, torch.dtype], names: list[str]) -> dict[str, torch.dtype]:
+    """Component name -> its dtype under a resolved `dtype`: the dtype itself, or the dict's entry, its
+    `"default"`, or float32 (diffusers' rule)."""
+    if not isinstance(dtype, dict):
+        return dict.fromkeys(names, dtype)
+    return {name: dtype.get(name, dtype.get("default", torch.float32)) for name in names}
+
+
+def check_dtype_keys(dtype: torch.dtype | dict[str, torch.dtype] | None, entries: dict[str, list]) -> None:
+    """Requires a per-component `dtype` to name only components of `entries` (or `"default"`) and to keep an Engram
+    memory in its evolver's dtype (the rollout calls it in place); raises a `ValueError` naming `dtype`."""
+    if not isinstance(dtype, dict):
+        return
+    unknown = sorted(set(dtype) - set(entries) - {"default"})
+    if unknown:
+        raise ValueError(
+            f"`dtype` names components {unknown} that the folder does not have; expected keys among "
+            f"{sorted(entries)} or 'default', got {sorted(dtype)}."
+        )
+    dtypes = component_dtypes(dtype, list(entries))
+    if "engram" in dtypes and dtypes["engram"] != dtypes["evolver"]:
+        raise ValueError(
+            f"`dtype` must give the engram its evolver's dtype ({dtypes['evolver']}), got {dtypes['engram']}."
+        )
+
+
+def cast_components(components: dict[str, object], dtype: torch.dtype | dict[str, torch.dtype] | None) -> None:
+    """Casts every model among `components` to its dtype under `dtype` (`component_dtypes`); None casts nothing."""
+    if dtype is None:
+        return
+    for name, component_dtype in component_dtypes(dtype, list(components)).items():
+        if isinstance(components[name], nn.Module):
+            components[name].to(dtype=component_dtype)
+
+
+def check_variant(variant: object) -> None:
+    """Requires None or a non-empty name without path separators, what `save_pretrained(variant=...)` writes into
+    the weights file names (`model.<variant>.safetensors`)."""
+    if variant is not None and (not isinstance(variant, str) or not variant or "/" in variant or os.sep in variant):
+        raise ValueError(f"`variant` must be None or a non-empty name such as 'fp16', got {variant!r}.")
+
+
+def check_use_safetensors(use_safetensors: object) -> None:
+    """Requires `use_safetensors` None or True: a Veltrix repository holds safetensors weights only."""
+    if use_safetensors is not None and use_safetensors is not True:
+        raise ValueError(
+            "`use_safetensors` must be None or True: Veltrix repositories hold safetensors weights only, and pickled "
+            f"`.bin` weights are neither written nor read; got {use_safetensors!r}."
+        )
+
+
+def device_for_map(device_map: object) -> torch.device | None:
+    """The one device on which a pipeline loaded with `device_map` runs (its components exchange tensors on one
+    device): None (load on the CPU) for None and for `"balanced"` without an accelerator, the CPU for `"cpu"`, the
+    accelerator for its name (`get_device()`, e.g. `"cuda"`) and for `"balanced"` with one accelerator. Raises a
+    `ValueError` naming `device_map` for anything else, and for `"balanced"` over several accelerators."""
+    if device_map is None:
+        return None
+    accelerator = get_device()
+    supported = ["balanced", "cpu"] + ([accelerator] if accelerator != "cpu" else [])
+    if not isinstance(device_map, str) or device_map not in supported:
+        raise ValueError(f"`device_map` must be None or one of {supported}, got {device_map!r}.")
+    if device_map != "balanced":
+        return torch.device(device_map)
+    count = torch.accelerator.device_count() if accelerator != "cpu" else 0
+    if count > 1:
+        raise ValueError(
+            f"`device_map='balanced'` would spread the components over {count} {accelerator} devices, but they "
+            f"exchange tensors on one device: pass device_map={accelerator!r} or call `enable_model_cpu_offload()`."
+        )
+    return torch.device(accelerator, 0) if count else None
+
+
+def hf_device_map_of(
+    device_map: str, device: torch.device | None, components: dict[str, object]
+) -> str | dict[str, int] | None:
+    """What diffusers records as `hf_device_map` for a pipeline loaded with `device_map`: the name itself for a
+    device, for `"balanced"` the accelerator index of each model (None where it fell back to the CPU)."""
+    if device_map != "balanced":
+        return device_map
+    if device is None:
+        return None
+    return {name: device.index for name, component in components.items() if isinstance(component, nn.Module)}
+
+
+def pipeline_device_map(device_map: object) -> object:
+    """A transformers `device_map` as `VeltrixPipeline.from_pretrained` takes it: `"auto"` -> `"balanced"` (one
+    device: the accelerator where there is one), `{"": device}` -> that device's type; anything else as it came, for
+    the pipeline's check to name."""
+    if device_map == "auto":
+        return "balanced"
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device = device_map[""]
+        if isinstance(device, int) and not isinstance(device, bool):
+            return get_device()
+        if isinstance(device, (str, torch.device)):
+            return torch.device(device).type
+    return device_map
 
 
 @dataclass
@@ -229,13 +362,17 @@ class VeltrixPipeline(DiffusionPipeline):
         cls,
         pretrained_model_name_or_path: str | os.PathLike,
         trust_remote_code: bool = False,
-        torch_dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
         cache_dir: str | None = None,
         revision: str | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
         force_download: bool = False,
         strict_weights: bool = True,
+        dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        variant: str | None = None,
+        device_map: str | None = None,
+        use_safetensors: bool | None = None,
     ) -> "VeltrixPipeline":
         """Loads a folder written by `save_pretrained`, or a Hub repository id (through the Hugging Face cache).
 
@@ -255,9 +392,29 @@ class VeltrixPipeline(DiffusionPipeline):
         Components whose classes are registered (`register_component_class`; the installed package registers its own)
         load with them and no code from the folder runs. Otherwise the folder's own code loads the pipeline, as
         `DiffusionPipeline.from_pretrained` does, which takes `trust_remote_code=True`.
+
+        The loading options of `DiffusionPipeline.from_pretrained`:
+
+        - `dtype` (`torch.dtype` or a dict component name -> `torch.dtype`, *optional*): the floating dtype of every
+          component, or per component, with the key `"default"` for those not named (float32 without one). `None`
+          leaves each component as its library loads it: the encoder, evolver and Engram memory in their saved dtype
+          (transformers), the decoder in float32 (diffusers). `torch_dtype` is its older name; give one of the two.
+        - `variant` (`str`, *optional*): load the weights saved with `save_pretrained(variant=...)`
+          (`model.<variant>.safetensors`); without it, the weights saved without a variant (a folder holding only
+          variant weights raises `VeltrixRepositoryError` naming its variants).
+        - `device_map` (`str`, *optional*): `None` (load on the CPU), `"cpu"`, the accelerator (`"cuda"`, as
+          diffusers' `get_device()` names it) or `"balanced"` (diffusers' strategy: on the one accelerator where
+          there is one, on the CPU where there is none). It is recorded as `hf_device_map`; `"balanced"` on an
+          accelerator then blocks `.to()` and CPU offloading until `reset_device_map()`, as in diffusers.
+        - `use_safetensors` (`bool`, *optional*): `None` or `True`; Veltrix repositories hold safetensors weights
+          only, so `False` (load pickled `.bin` weights) raises a `ValueError`.
         """
         if not isinstance(strict_weights, bool):
             raise ValueError(f"`strict_weights` must be a bool, got {strict_weights!r}.")
+        dtype = resolve_dtype_argument(dtype, torch_dtype)
+        check_variant(variant)
+        device = device_for_map(device_map)
+        check_use_safetensors(use_safetensors)
         folder = resolve_repository(
             pretrained_model_name_or_path,
             cache_dir=cache_dir,
@@ -266,17 +423,22 @@ class VeltrixPipeline(DiffusionPipeline):
             local_files_only=local_files_only,
             force_download=force_download,
         )
+        options = LoadOptions(dtype=dtype, variant=variant)
         for attempt in range(2):
             index = None
             try:
                 index = check_repository(folder)
-                pipeline = cls._load_checked(folder, index, trust_remote_code, torch_dtype, strict_weights)
+                pipeline = cls._load_checked(folder, index, trust_remote_code, options, strict_weights)
                 check_one_save(folder, index)
                 break
             except Exception:
                 changed = save_in_progress(folder) if index is None else resaved_since(folder, index)
                 if attempt == 1 or not changed:
                     raise
+        if device is not None:
+            pipeline.to(device)
+        if device_map is not None:
+            pipeline.hf_device_map = hf_device_map_of(device_map, device, pipeline.components)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
 
@@ -296,7 +458,9 @@ class VeltrixPipeline(DiffusionPipeline):
             if library in LIBRARIES or component_class is None:
                 continue
             check_component_config(folder, name, component_class)
-            weights[name] = component_class.check_saved_weights(os.path.join(folder, name))
+            component_folder = os.path.join(folder, name)
+            variant = saved_variant(component_folder)
+            weights[name] = component_class.check_saved_weights(component_folder, variant=variant)
             check_finite_file(weights[name])
             if not issubclass(component_class, PreTrainedModel):
                 configs[name] = SimpleNamespace(
@@ -317,33 +481,39 @@ class VeltrixPipeline(DiffusionPipeline):
 
     @classmethod
     def _load_checked(
-        cls, folder: str, index: dict, trust_remote_code: bool, torch_dtype: torch.dtype | None, strict_weights: bool
+        cls, folder: str, index: dict, trust_remote_code: bool, options: "LoadOptions", strict_weights: bool
     ) -> "VeltrixPipeline":
         """The pipeline of the checked `folder` (its `model_index.json` read as `index`), loaded with the registered
-        component classes, or with the folder's own code where one is not registered."""
+        component classes, or with the folder's own code where one is not registered, with the `options` of
+        `from_pretrained` (dtype, variant)."""
         entries = component_entries(index, os.path.join(folder, MODEL_INDEX))
+        check_dtype_keys(options.dtype, entries)
         installed = cls._installed_component_classes
         if any(library not in LIBRARIES and name not in installed for library, name in entries.values()):
             pipeline = DiffusionPipeline.from_pretrained(
-                folder, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype
+                folder,
+                trust_remote_code=trust_remote_code,
+                dtype=options.dtype,
+                variant=options.variant,
+                use_safetensors=True,
             )
             check_components_fit(folder, pipeline.components)
             return pipeline
-        components = cls._load_installed_components(folder, entries, strict_weights)
+        components = cls._load_installed_components(folder, entries, strict_weights, options.variant)
         # Before the constructor, whose own check of the Engram memory would raise a `ValueError` naming no file.
         check_components_fit(folder, components)
         pipeline = cls(**components, **cls._saved_settings(folder, index))
-        if torch_dtype is not None:
-            pipeline.to(dtype=torch_dtype)
+        # After the checks: the Engram memory's fingerprints of the encoder and evolver are of their saved weights.
+        cast_components(pipeline.components, options.dtype)
         return pipeline
 
     @classmethod
     def _load_installed_components(
-        cls, folder: str, entries: dict[str, list], strict_weights: bool = True
+        cls, folder: str, entries: dict[str, list], strict_weights: bool = True, variant: str | None = None
     ) -> dict[str, object]:
         """Each component of `model_index.json` (name -> [library or code file, class name]) loaded from its folder
         with the library's or the registered class (the registered ones with their weights checks, `strict_weights`
-        as in `from_pretrained`)."""
+        and the weights `variant` as in `from_pretrained`)."""
         components = {}
         for name, (library, class_name) in entries.items():
             if library in LIBRARIES:
@@ -353,12 +523,13 @@ class VeltrixPipeline(DiffusionPipeline):
                         f"{os.path.join(folder, MODEL_INDEX)}: the component `{name}` names {library}.{class_name}, "
                         f"which {library} does not have."
                     )
-                components[name] = component_class.from_pretrained(folder, subfolder=name)
+                weights = {"variant": variant} if issubclass(component_class, (ModelMixin, PreTrainedModel)) else {}
+                components[name] = component_class.from_pretrained(folder, subfolder=name, **weights)
             else:
                 component_class = cls._installed_component_classes[class_name]
                 check_component_config(folder, name, component_class)
                 components[name] = component_class.from_pretrained(
-                    folder, subfolder=name, strict_weights=strict_weights
+                    folder, subfolder=name, strict_weights=strict_weights, variant=variant
                 )
         return components
 
@@ -388,9 +559,19 @@ class VeltrixPipeline(DiffusionPipeline):
         (`stamp_saved_folder`, which also drops the local `_name_or_path`), so that `from_pretrained` can tell one
         save from a mix of two. The folder is written next to `save_directory` and swapped into place
         (`write_folder_atomically`): the old folder is deleted only once the new one is in place, and
-        `save_directory` never holds a partial repository."""
-        if not safe_serialization:
-            raise ValueError("`safe_serialization` must be True: Veltrix saves safetensors only, got False.")
+        `save_directory` never holds a partial repository.
+
+        `variant` (e.g. `"fp16"`) names the weights files `model.<variant>.safetensors` /
+        `diffusion_pytorch_model.<variant>.safetensors`, which `from_pretrained(..., variant=...)` loads. Veltrix
+        writes safetensors only: `safe_serialization=False` (diffusers' pickled `.bin` weights) raises a `ValueError`
+        that says so, and nothing is written."""
+        if safe_serialization is not True:
+            raise ValueError(
+                "`safe_serialization` must be True: Veltrix repositories hold safetensors weights only (pickled `.bin` "
+                "weights are neither written nor read, `from_pretrained` refuses `use_safetensors=False` alike). "
+                f"Call `save_pretrained` without `safe_serialization`; got {safe_serialization!r}."
+            )
+        check_variant(variant)
 
         def write(staging: str) -> None:
             super(VeltrixPipeline, self).save_pretrained(
@@ -417,12 +598,13 @@ class VeltrixPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         sample: bool = False,
         num_samples: int = 1,
+        latents: torch.Tensor | None = None,
     ) -> None:
         """Validates every input of a call once, before anything is computed: the encoder's (`pixel_values` and the
         `observed` text and audio), the evolver's rollout inputs (actions and timestamps of context and future steps,
         mode, interventions, and `sample` / `num_samples` with the generator of its noise, `evolver_generator`) and
         the pipeline's own (counts capped by `MAX_ROLLOUT_STEPS` / `MAX_INFERENCE_STEPS`, `output_type`,
-        `output_modalities`, `generator`)."""
+        `output_modalities`, `generator`, `latents` (B·K, num_future_steps, C, H, W))."""
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         self.check_output_modalities(output_modalities)
@@ -433,6 +615,17 @@ class VeltrixPipeline(DiffusionPipeline):
         self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
         check_generator("generator", generator, batch_size=b)
         self.evolver._check_sampling(sample, num_samples, self.evolver_generator(generator))
+        if latents is not None:
+            config = self.decoder.config
+            frame = (config.in_channels, config.sample_size, config.sample_size)
+            check_shape(
+                "latents",
+                latents,
+                (b * num_samples, num_future_steps, *frame),
+                dtype=self.decoder.dtype,
+                device=input_device(self.decoder),
+            )
+            check_finite("latents", latents)
 
     @staticmethod
     def evolver_generator(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator | None:
@@ -568,6 +761,7 @@ class VeltrixPipeline(DiffusionPipeline):
         use_engram: bool | None = None,
         sample: bool = False,
         num_samples: int = 1,
+        latents: torch.Tensor | None = None,
     ) -> VeltrixPipelineOutput | tuple:
         r"""
         Args:
@@ -582,10 +776,13 @@ class VeltrixPipeline(DiffusionPipeline):
             num_inference_steps (`int`, *optional*): Euler steps of the flow-matching decoder, at most
                 `MAX_INFERENCE_STEPS` (1000); defaults to `self.config.default_num_inference_steps`.
             generator (`torch.Generator` or a list of `B` of them, *optional*): makes the noise reproducible (the
-                same generators give the same output). A list draws each context's decoder noise with its own
-                generator (with `num_samples = K`, the noise of all K futures of the context). With `sample=True`
-                the evolver's noise comes from the generator, or from the first of a list, which the rollout draws
-                from once before the decoder's noise is drawn (`evolver_generator`).
+                same generators give the same output). A list holds one generator per context (trajectory), as
+                diffusers' `randn_tensor` takes them: context b's decoder noise (with `num_samples = K`, that of
+                all K futures of the context) is drawn from generator b alone, so without `sample=True` trajectory b
+                renders as a call on that trajectory alone with generator b. With `sample=True` the evolver samples
+                all contexts in one batch from one noise source, the generator, or the first of a list, which the
+                rollout draws from once before the decoder's noise is drawn (`evolver_generator`). A list of another
+                length than B raises a `ValueError`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
             input_ids, attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): the context steps' captions
@@ -612,6 +809,11 @@ class VeltrixPipeline(DiffusionPipeline):
                 all `B·K` are rendered, the K of context b at rows `b·K … b·K + K − 1` of every output (see
                 [`VeltrixPipelineOutput`]), and `out.sample_spread` `(B, num_future_steps)` measures how far they
                 spread. At most `MAX_NUM_SAMPLES`; `num_samples > 1` without `sample=True` raises a `ValueError`.
+            latents (`torch.Tensor` of shape `(B·K, num_future_steps, C, H, W)`, *optional*): the decoder's initial
+                noise (flow time σ = 1) of every future frame, in the layout of the `"pt"` frames (K = `num_samples`);
+                given, it replaces the noise drawn from `generator` (which then seeds only the evolver's sampling),
+                so the same latents give the same frames. Both branches of a counterfactual call start from it. A
+                wrong shape raises a `ValueError` with the expected and the received shape.
 
         Floating inputs of any floating dtype are converted to the components' dtype (timestamps to float64) before
         they are checked; `out.timestamps` comes back in the dtype of the given timestamps. Every input is checked
@@ -645,6 +847,7 @@ class VeltrixPipeline(DiffusionPipeline):
         # as the models will): floating inputs to their component's dtype, timestamps to the float64 clock.
         timestamps_dtype = timestamps.dtype if isinstance(timestamps, torch.Tensor) else self.evolver.dtype
         pixel_values = to_model_dtype(pixel_values, device, self.encoder.dtype)
+        latents = to_model_dtype(latents, device, self.decoder.dtype)
         actions = to_model_dtype(actions, device, self.evolver.dtype)
         timestamps = to_model_dtype(timestamps, device, CLOCK_DTYPE)
         interventions = convert_interventions(interventions, device, self.evolver.dtype)
@@ -667,6 +870,7 @@ class VeltrixPipeline(DiffusionPipeline):
             generator,
             sample,
             num_samples,
+            latents,
         )
         # Everything was checked above: the models skip their own checks (and the decoder its per-step ones).
         with inputs_checked():
@@ -696,8 +900,11 @@ class VeltrixPipeline(DiffusionPipeline):
             images = counterfactual_images = None
             if output_type != "latent" and "frames" in output_modalities:
                 b, n = units.shape[:2]  # b = B·K futures
-                # A list of B generators draws the noise of consecutive rows: each its context's K futures.
-                latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
+                if latents is None:
+                    # A list of B generators draws the noise of consecutive rows: each its context's K futures.
+                    latents = self.prepare_latents(b * n, self.decoder.dtype, units.device, generator)
+                else:
+                    latents = latents.flatten(0, 1)  # (B·K, n, C, H, W) -> (B·K·n, C, H, W), as drawn
                 last_frame = pixel_values[:, -1].repeat_interleave(num_samples, dim=0)
                 images = self.render_rollout(units, last_frame, num_inference_steps, latents, output_type)
                 if counterfactual_units is not None:
@@ -807,19 +1014,27 @@ class VeltrixWorldModel(PreTrainedModel):
         pretrained_model_name_or_path: str | os.PathLike,
         config: VeltrixWorldConfig | None = None,
         trust_remote_code: bool = False,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | dict[str, torch.dtype] | str | None = None,
         cache_dir: str | None = None,
         revision: str | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
         force_download: bool = False,
         strict_weights: bool = True,
+        torch_dtype: torch.dtype | dict[str, torch.dtype] | str | None = None,
+        variant: str | None = None,
+        device_map: str | dict[str, str | int | torch.device] | None = None,
+        use_safetensors: bool | None = None,
         **loader_kwargs,
     ) -> "VeltrixWorldModel":
         """Loads the [`VeltrixPipeline`] of a folder or Hub repository id (`VeltrixPipeline.from_pretrained`, with
-        its checks; `strict_weights` as there) and wraps it. `dtype="auto"` keeps the saved dtype. `loader_kwargs`
-        are what `AutoModel` and `pipeline()` pass for their own bookkeeping (`_from_auto`, `_from_pipeline`,
-        `code_revision`, `adapter_kwargs`); anything else raises."""
+        its checks; `strict_weights`, `variant` and `use_safetensors` as there) and wraps it, taking the loading
+        options as transformers' `from_pretrained` and `pipeline(..., dtype=, device_map=, model_kwargs=)` pass
+        them: `dtype` (or `torch_dtype`; `"auto"` keeps the saved dtypes) and `device_map`, one of `None`, `"auto"`
+        (= the pipeline's `"balanced"`), `"balanced"`, `"cpu"`, the accelerator's name, or `{"": device}` (the whole
+        model on `device`); the model then records `hf_device_map = {"": device}`, so that `pipeline()` runs it where
+        it was loaded. `loader_kwargs` are what `AutoModel` and `pipeline()` pass for their own bookkeeping
+        (`_from_auto`, `_from_pipeline`, `code_revision`, `adapter_kwargs`); anything else raises."""
         unexpected = sorted(set(loader_kwargs) - {"_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs"})
         if unexpected:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unexpected}.")
@@ -827,23 +1042,39 @@ class VeltrixWorldModel(PreTrainedModel):
         pipeline = VeltrixPipeline.from_pretrained(
             pretrained_model_name_or_path,
             trust_remote_code=trust_remote_code,
-            torch_dtype=None if dtype in (None, "auto") else dtype,
+            dtype=None if dtype == "auto" else dtype,
+            torch_dtype=None if torch_dtype == "auto" else torch_dtype,
             force_download=force_download,
             strict_weights=strict_weights,
+            variant=variant,
+            device_map=pipeline_device_map(device_map),
+            use_safetensors=use_safetensors,
             **download,
         )
         if config is None:
             config = VeltrixWorldConfig.from_pretrained(pretrained_model_name_or_path, **download)
-        return cls(config, pipeline).eval()
+        model = cls(config, pipeline).eval()
+        if device_map is not None:
+            model.hf_device_map = {"": str(pipeline.device)}
+        return model
 
     def forward(self, pixel_values: torch.Tensor, **call_arguments) -> VeltrixPipelineOutput:
         """Runs the pipeline: frames (B, T, C, H, W) in [-1, 1] -> [`VeltrixPipelineOutput`]; `call_arguments` are
         those of `VeltrixPipeline.__call__` (an unknown one raises its `TypeError`)."""
         return self.pipeline(pixel_values, **call_arguments)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: int | str | None = None) -> None:
-        """Saves the whole repository through `VeltrixPipeline.save_pretrained`."""
-        self.pipeline.save_pretrained(save_directory, max_shard_size=max_shard_size)
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        max_shard_size: int | str | None = None,
+        variant: str | None = None,
+        safe_serialization: bool = True,
+    ) -> None:
+        """Saves the whole repository through `VeltrixPipeline.save_pretrained` (`variant` and the safetensors-only
+        `safe_serialization` as there)."""
+        self.pipeline.save_pretrained(
+            save_directory, safe_serialization=safe_serialization, variant=variant, max_shard_size=max_shard_size
+        )
 
 
 VeltrixWorldConfig.folder_check = VeltrixPipeline.check_folder

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 
 import torch
@@ -55,6 +56,46 @@ def check_safetensors(path: str) -> None:
     needed = 8 + header_size + max(ends, default=0)
     if size < needed:
         raise VeltrixRepositoryError(f"{path} is truncated: {size} bytes, its tensors need {needed}.")
+
+
+SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def weights_variant(file_name: str) -> str | None:
+    """The variant of a safetensors weights file name, as `save_pretrained(variant=...)` writes it:
+    `model.safetensors` / `model-00001-of-00002.safetensors` -> None, `diffusion_pytorch_model.fp16.safetensors` /
+    `model.fp16-00001-of-00002.safetensors` -> "fp16"."""
+    stem = SHARD_SUFFIX.sub("", file_name.removesuffix(".safetensors"))
+    return stem.split(".", 1)[1] if "." in stem else None
+
+
+def weight_files(folder: str, variant: str | None = None) -> list[str]:
+    """The paths of the safetensors weights of `variant` (None: those saved without a variant) in the local model
+    folder `folder`; empty where it holds none of any variant. Raises `VeltrixRepositoryError` naming the folder and
+    the variants it holds when it holds weights of other variants only (as diffusers' loader refuses such a
+    folder)."""
+    if not os.path.isdir(folder):
+        return []
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    chosen = [os.path.join(folder, f) for f in files if weights_variant(f) == variant]
+    if files and not chosen:
+        found = sorted({weights_variant(f) for f in files}, key=str)
+        wanted = "without a variant" if variant is None else f"of the variant {variant!r}"
+        raise VeltrixRepositoryError(
+            f"{folder} holds no safetensors weights {wanted}, only those of the variant(s) {found}: pass "
+            f"`variant=` one of {found} to `from_pretrained`."
+        )
+    return chosen
+
+
+def saved_variant(folder: str) -> str | None:
+    """The variant whose weights a check of `folder` reads when no variant is asked for: None where the folder holds
+    weights saved without one, else the first of its variants."""
+    variants = sorted(
+        {weights_variant(f) for f in os.listdir(folder) if f.endswith(".safetensors")} if os.path.isdir(folder) else [],
+        key=lambda variant: (variant is not None, variant or ""),
+    )
+    return variants[0] if variants else None
 
 
 def saved_tensor_shapes(paths: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -173,15 +214,14 @@ class VeltrixCheckedLoadingMixin:
     """
 
     @classmethod
-    def check_saved_weights(cls, folder: str, strict_weights: bool = True, config: object = None) -> list[str]:
-        """Checks the safetensors files of the local model folder `folder` without loading them: complete, and
-        tensor names and shapes those of this class built from its saved config (`strict_weights=False`: names may
-        differ). Returns the files' paths (empty where `folder` holds none)."""
-        paths = (
-            sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors"))
-            if os.path.isdir(folder)
-            else []
-        )
+    def check_saved_weights(
+        cls, folder: str, strict_weights: bool = True, config: object = None, variant: str | None = None
+    ) -> list[str]:
+        """Checks the safetensors files of `variant` (None: those saved without a variant, `weight_files`) of the
+        local model folder `folder` without loading them: complete, and tensor names and shapes those of this class
+        built from its saved config (`strict_weights=False`: names may differ). Returns the files' paths (empty where
+        `folder` holds none)."""
+        paths = weight_files(folder, variant)
         for path in paths:
             check_safetensors(path)
         if paths:
@@ -196,7 +236,7 @@ class VeltrixCheckedLoadingMixin:
         if not isinstance(strict_weights, bool):
             raise ValueError(f"`strict_weights` must be a bool, got {strict_weights!r}.")
         folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-        paths = cls.check_saved_weights(folder, strict_weights, kwargs.get("config"))
+        paths = cls.check_saved_weights(folder, strict_weights, kwargs.get("config"), kwargs.get("variant"))
         if not paths:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if (
@@ -204,7 +244,7 @@ class VeltrixCheckedLoadingMixin:
             and not issubclass(cls, PreTrainedModel)
             and set(saved_tensor_shapes(paths)) != set(_expected_state_shapes(cls, folder, kwargs.get("config")))
         ):
-            model = _load_partial_diffusers_model(cls, folder, paths, kwargs.get("torch_dtype"))
+            model = _load_partial_diffusers_model(cls, folder, paths, kwargs.get("torch_dtype") or kwargs.get("dtype"))
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         check_finite_weights(paths, model)
