@@ -256,17 +256,32 @@ def _actions_at(actions: torch.Tensor | None, context_length: int) -> Callable[[
     return lambda k: None if actions is None else actions[:, context_length - 1 + k]
 
 
-def _noise_source(like: torch.Tensor, generator: torch.Generator | None) -> Callable[[int], torch.Tensor]:
-    """`noise_at(k)`: standard normal noise shaped, typed and placed like `like` (B, U, D) for future step k, the
+def _noise_source(
+    like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+) -> Callable[[int], torch.Tensor]:
+    """`noise_at(k)`: standard normal noise shaped, typed and placed like `like` (B·K, U, D) for future step k, the
     same at every call with the same k (so a counterfactual branch draws its factual branch's noise): drawn from a
     generator seeded with k plus one base seed taken from `generator` (or the global RNG), so nothing is held per
-    step."""
-    seed_device = "cpu" if generator is None else generator.device
-    base_seed = int(torch.randint(0, 2**62, (), generator=generator, device=seed_device))
+    step. With a list of B generators (one per context), each context's K rows `b·K … b·K + K - 1` get their own base
+    seed from generator b, and their noise is what the context would draw alone with generator b."""
+    generators = generator if isinstance(generator, list) else [generator]
+    base_seeds = [
+        int(torch.randint(0, 2**62, (), generator=g, device="cpu" if g is None else g.device)) for g in generators
+    ]
+    rows = like.shape[0] // len(base_seeds)
 
     def noise_at(k: int) -> torch.Tensor:
-        step_generator = torch.Generator(device=like.device).manual_seed(base_seed + k)
-        return torch.randn(like.shape, generator=step_generator, dtype=like.dtype, device=like.device)
+        return torch.cat(
+            [
+                torch.randn(
+                    (rows, *like.shape[1:]),
+                    generator=torch.Generator(device=like.device).manual_seed(seed + k),
+                    dtype=like.dtype,
+                    device=like.device,
+                )
+                for seed in base_seeds
+            ]
+        )
 
     return noise_at
 
@@ -678,9 +693,15 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 f"`{name}` needs the stochastic head, but this evolver has none (config.sampling_head_layers=0)."
             )
 
-    def _check_sampling(self, sample: bool, num_samples: int, generator: torch.Generator | None) -> None:
+    def _check_sampling(
+        self,
+        sample: bool,
+        num_samples: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        batch_size: int | None = None,
+    ) -> None:
         """Checks `sample` (a bool; True needs the head), `num_samples` (an int >= 1; > 1 needs `sample=True`) and
-        `generator`."""
+        `generator` (a list of `batch_size` generators, one per context, only where `batch_size` is given)."""
         if not isinstance(sample, bool):
             raise ValueError(f"`sample` must be a bool, got {sample!r}.")
         if sample:
@@ -691,7 +712,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 f"`num_samples` > 1 needs `sample=True` (the mean prediction is one future), got num_samples="
                 f"{num_samples} with sample=False."
             )
-        check_generator("generator", generator, batch_size=None)
+        check_generator("generator", generator, batch_size=batch_size)
 
     @staticmethod
     def _memory(engram: nn.Module | None, histories: torch.Tensor | None) -> torch.Tensor | None:
@@ -1029,7 +1050,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         engram: nn.Module | None = None,
         sample: bool = False,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> VeltrixRolloutOutput | VeltrixCounterfactualRolloutOutput:
         r"""Evolves the state `num_steps` steps past the context, feeding each prediction back (open loop).
 
@@ -1062,8 +1083,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 interventions.
             num_samples (`int`): with `sample=True`, how many futures to sample from each context, in one batched
                 pass from one prefill of the context (see [`VeltrixRolloutOutput`] for the layout).
-            generator (`torch.Generator`, *optional*): the source of the samples' noise: the same seed gives the
-                same futures.
+            generator (`torch.Generator` or a list of B of them, *optional*): the source of the samples' noise:
+                the same seed gives the same futures. With a list (one per context), context b's futures are drawn
+                from generator b alone, as if it were rolled out alone with it.
 
         Returns:
             [`VeltrixRolloutOutput`], or [`VeltrixCounterfactualRolloutOutput`] for `mode="counterfactual"`.
@@ -1071,7 +1093,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps, mode, interventions)
             self._check_engram(engram)
-            self._check_sampling(sample, num_samples, generator)
+            self._check_sampling(sample, num_samples, generator, batch_size=context.shape[0])
         b, t = context.shape[:2]
         mode, edits = _resolve_mode(mode, actions, interventions), _intervention_list(interventions)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
@@ -1176,7 +1198,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         engram: nn.Module | None = None,
         sample: bool = False,
         num_samples: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         r"""`rollout` (free or conditional) one future state at a time, in memory independent of the horizon: only
         the cache and the current state are held, and each state is handed to the caller.
@@ -1187,7 +1209,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         if checks_enabled():
             self._check_rollout(context, num_steps, actions, timestamps)
             self._check_engram(engram)
-            self._check_sampling(sample, num_samples, generator)
+            self._check_sampling(sample, num_samples, generator, batch_size=context.shape[0])
         t = context.shape[1]
         context_times, time_at = self._rollout_times(context, timestamps)
         cache = self._prefill(context, context_times, actions, engram)

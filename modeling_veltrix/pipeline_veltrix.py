@@ -602,7 +602,7 @@ class VeltrixPipeline(DiffusionPipeline):
     ) -> None:
         """Validates every input of a call once, before anything is computed: the encoder's (`pixel_values` and the
         `observed` text and audio), the evolver's rollout inputs (actions and timestamps of context and future steps,
-        mode, interventions, and `sample` / `num_samples` with the generator of its noise, `evolver_generator`) and
+        mode, interventions, and `sample` / `num_samples` with the generator of its noise) and
         the pipeline's own (counts capped by `MAX_ROLLOUT_STEPS` / `MAX_INFERENCE_STEPS`, `output_type`,
         `output_modalities`, `generator`, `latents` (B·K, num_future_steps, C, H, W))."""
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
@@ -614,7 +614,7 @@ class VeltrixPipeline(DiffusionPipeline):
         b, t = pixel_values.shape[:2]
         self.evolver.check_rollout_inputs(b, t, num_future_steps, actions, timestamps, mode, interventions)
         check_generator("generator", generator, batch_size=b)
-        self.evolver._check_sampling(sample, num_samples, self.evolver_generator(generator))
+        self.evolver._check_sampling(sample, num_samples, generator, batch_size=b)
         if latents is not None:
             config = self.decoder.config
             frame = (config.in_channels, config.sample_size, config.sample_size)
@@ -626,14 +626,6 @@ class VeltrixPipeline(DiffusionPipeline):
                 device=input_device(self.decoder),
             )
             check_finite("latents", latents)
-
-    @staticmethod
-    def evolver_generator(generator: torch.Generator | list[torch.Generator] | None) -> torch.Generator | None:
-        """The generator of the evolver's sampling noise in a call with `generator`: the generator itself, or the
-        first of a list (one per context). The rollout takes one draw from it (its base seed) before the decoder's
-        noise is drawn, and only with `sample=True`, so a call without sampling draws the decoder's noise as
-        before."""
-        return generator[0] if isinstance(generator, list) else generator
 
     def check_output_modalities(self, output_modalities: tuple[str, ...]) -> None:
         """At least one of `OUTPUT_MODALITIES`, no repeats, and text or audio only from an encoder that has them."""
@@ -779,10 +771,10 @@ class VeltrixPipeline(DiffusionPipeline):
                 same generators give the same output). A list holds one generator per context (trajectory), as
                 diffusers' `randn_tensor` takes them: context b's decoder noise (with `num_samples = K`, that of
                 all K futures of the context) is drawn from generator b alone, so without `sample=True` trajectory b
-                renders as a call on that trajectory alone with generator b. With `sample=True` the evolver samples
-                all contexts in one batch from one noise source, the generator, or the first of a list, which the
-                rollout draws from once before the decoder's noise is drawn (`evolver_generator`). A list of another
-                length than B raises a `ValueError`.
+                renders as a call on that trajectory alone with generator b. With `sample=True` the evolver's noise
+                comes from the same generators, one draw from each before the decoder's noise is drawn: with a list,
+                context b's sampled futures too come from generator b alone. A list of another length than B raises
+                a `ValueError`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"latent"` (units only).
             return_dict (`bool`, defaults to `True`): return a [`VeltrixPipelineOutput`] instead of a tuple.
             input_ids, attention_mask (`torch.Tensor` of shape `(B, T, L)`, *optional*): the context steps' captions
@@ -885,7 +877,7 @@ class VeltrixPipeline(DiffusionPipeline):
                 engram=engram,
                 sample=sample,
                 num_samples=num_samples,
-                generator=self.evolver_generator(generator),
+                generator=generator,
             )
             units = rollout.units
             future_timestamps = rollout.timestamps.to(

@@ -84,6 +84,20 @@ def test_several_samples_equal_the_repeated_context_sampled_at_once():
 
 
 @torch.no_grad()
+@torch.no_grad()
+def test_a_list_of_generators_samples_each_context_as_if_alone():
+    model = sampler()
+    context, actions = context_and_actions()
+    both = model.rollout(context, 6, actions=actions, sample=True, num_samples=3, generator=[seeded(1), seeded(2)])
+    for b, seed in enumerate((1, 2)):
+        alone = model.rollout(
+            context[b : b + 1], 6, actions=actions[b : b + 1], sample=True, num_samples=3, generator=seeded(seed)
+        )
+        torch.testing.assert_close(both.units[3 * b : 3 * b + 3], alone.units, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="one torch.Generator per trajectory"):
+        model.rollout(context, 6, actions=actions, sample=True, generator=[seeded(1)])
+
+
 def test_counterfactual_branches_share_their_noise():
     model = sampler()
     context, actions = context_and_actions()
