@@ -10,7 +10,6 @@ import os
 
 from ..pipeline_veltrix import VeltrixPipeline
 from ..training import (
-    STAGES,
     VeltrixTrainingRecipe,
     assemble_pipeline,
     build_datasets,
@@ -21,15 +20,18 @@ from ..training import (
 from .rollouts import evaluate_future_modalities
 
 EVENT_RECALL_TARGET = 0.5
+# Captions are read from the evolved states by the encoder's caption head: the frame decoder is not needed.
+EVENT_RECALL_STAGES = ("encoder", "evolver")
 
 
 def evaluate_event_recall(
     preset: str, recipe: VeltrixTrainingRecipe, output_dir: str, num_samples: int, seed: int = 0
 ) -> tuple[dict, VeltrixPipeline]:
-    """Trains (or loads, resuming under `output_dir`) the speaking preset's encoder, evolver and decoder with
-    `recipe`, then reads captions from the evolved states of the first `recipe.rollout_window` future steps of every
-    held-out trajectory: from the mean prediction (`deterministic`) and from `num_samples` sampled futures per context
-    (`sampled`, when the evolver has a sampling head; noise from `seed`).
+    """Trains (or loads, resuming under `output_dir`) the speaking preset's encoder and evolver with `recipe` (the
+    stages `EVENT_RECALL_STAGES`; the frame decoder stays untrained, captions need none), then reads captions from
+    the evolved states of the first `recipe.rollout_window` future steps of every held-out trajectory: from the mean
+    prediction (`deterministic`) and from `num_samples` sampled futures per context (`sampled`, when the evolver has
+    a sampling head; noise from `seed`).
 
     Returns {"preset", "world", "deterministic": scores, "sampled": scores or None} with the scores of
     `evaluate_future_modalities` (among them `caption_event_accuracy_on_event_steps`, the event recall), and the
@@ -42,7 +44,7 @@ def evaluate_event_recall(
         )
     train, held_out = build_datasets(recipe)
     models = load_or_create_models(preset, output_dir, world_action_dim(recipe), seed=recipe.seed)
-    train_stages(STAGES, models, preset, train, recipe, output_dir, skip_finished=True)
+    train_stages(EVENT_RECALL_STAGES, models, preset, train, recipe, output_dir, skip_finished=True)
     pipeline = assemble_pipeline(models, preset)
     pipeline.set_progress_bar_config(disable=True)
     arguments = (pipeline, held_out, recipe.context_length, recipe.rollout_window)
