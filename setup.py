@@ -40,7 +40,17 @@ setup(
     extras_require={
         "cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"],
         # The app's browser test drives Debian's chromium (installed by .ci/run) with Playwright.
-        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "matplotlib>=3.7", "gradio>=5", "playwright>=1.40"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.6",
+            "matplotlib>=3.7",
+            "gradio>=5",
+            "playwright>=1.40",
+            "av>=12",
+        ],
         "demo": ["matplotlib>=3.7", "gradio>=5"],
+        # `scripts/train.py --dataset <folder of videos>` decodes them with PyAV (`training.sources`).
+        "video": ["av>=12"],
     },
 )

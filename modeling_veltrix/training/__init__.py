@@ -56,6 +56,7 @@ from .runner import (
     train_stages,
     world_action_dim,
 )
+from .sources import TrajectorySourceInfo, TrajectorySourceOptions, load_trajectory_source
 from .stages import (
     MODALITY_COLUMNS,
     VeltrixDecoderStage,
@@ -120,4 +121,7 @@ __all__ = [
     "train_stage",
     "train_stages",
     "world_action_dim",
+    "TrajectorySourceInfo",
+    "TrajectorySourceOptions",
+    "load_trajectory_source",
 ]

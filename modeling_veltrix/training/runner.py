@@ -177,6 +177,7 @@ def train_stage(
     output_dir: str,
     resume: bool = True,
     probe: VeltrixPhysicsProbe | None = None,
+    report_to: str | list[str] = "none",
 ) -> dict[str, float]:
     """Trains one stage with `transformers.Trainer` and saves the trained component to `<output_dir>/<stage>`.
 
@@ -188,7 +189,8 @@ def train_stage(
     `data_seed`). Checkpoints go to `<output_dir>/checkpoints/<stage>`, written atomically (`VeltrixTrainer`); with
     `resume=True` training continues from the last complete one (`last_valid_checkpoint`: a damaged one is skipped
     with a warning); with `resume=False` the stage starts over and its earlier checkpoints are deleted (a later resume
-    must not pick up a stale one). Returns the Trainer's training metrics.
+    must not pick up a stale one). `report_to` goes to the Trainer's `report_to` (e.g. "tensorboard"). Returns the
+    Trainer's training metrics.
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
@@ -203,7 +205,7 @@ def train_stage(
     if stage == "evolver" and module.sampling_weight:
         module.fit_change_scale(train_dataset.with_format("torch"))
     component = {"encoder": encoder, "evolver": evolver, "decoder": decoder}[STAGE_COMPONENT[stage]]
-    return run_trainer(stage, module, component.save_pretrained, train_dataset, recipe, output_dir, resume)
+    return run_trainer(stage, module, component.save_pretrained, train_dataset, recipe, output_dir, resume, report_to)
 
 
 def train_joint(
@@ -213,12 +215,13 @@ def train_joint(
     output_dir: str,
     resume: bool = True,
     probe: VeltrixPhysicsProbe | None = None,
+    report_to: str | list[str] = "none",
 ) -> dict[str, float]:
     """The optional joint fine-tune after the staged ones: encoder and evolver trained together
     (`stages.VeltrixJointStage`, recipe `joint`; `probe` is needed with `recipe.joint_physics_weight > 0`), saved
     together to `<output_dir>/joint/{encoder,evolver}` (one atomic write), which `trained_component` then prefers.
-    Seeds, checkpoints (`<output_dir>/checkpoints/joint`) and `resume` as in `train_stage`. Returns the Trainer's
-    training metrics."""
+    Seeds, checkpoints (`<output_dir>/checkpoints/joint`), `resume` and `report_to` as in `train_stage`. Returns the
+    Trainer's training metrics."""
     recipe.validate()
     encoder, evolver, _ = models
     module = VeltrixJointStage(encoder, evolver, recipe, probe=probe)
@@ -227,7 +230,7 @@ def train_joint(
         encoder.save_pretrained(os.path.join(folder, "encoder"))
         evolver.save_pretrained(os.path.join(folder, "evolver"))
 
-    return run_trainer("joint", module, save, train_dataset, recipe, output_dir, resume)
+    return run_trainer("joint", module, save, train_dataset, recipe, output_dir, resume, report_to)
 
 
 def run_trainer(
@@ -238,12 +241,14 @@ def run_trainer(
     recipe: VeltrixTrainingRecipe,
     output_dir: str,
     resume: bool = True,
+    report_to: str | list[str] = "none",
 ) -> dict[str, float]:
     """The machinery of every stage: trains the stage `module` (which returns `{"loss": ...}`) with `VeltrixTrainer`
     under `derive_seed(recipe.seed, stage)` and `recipe.<stage>`'s optimisation, with checkpoints in
     `<output_dir>/checkpoints/<stage>` (resumed, or deleted with `resume=False`), then (on the main process) writes
-    `<output_dir>/<stage>` atomically with `save(folder)`, e.g. a component's `save_pretrained`. Returns the
-    Trainer's training metrics."""
+    `<output_dir>/<stage>` atomically with `save(folder)`, e.g. a component's `save_pretrained`. `report_to` is the
+    Trainer's (`"none"`, `"tensorboard"`, ...; logs under `<output_dir>/checkpoints/<stage>`). Returns the Trainer's
+    training metrics."""
     stage_seed = seed_everything(recipe.seed, stage)
     stage_recipe: VeltrixStageRecipe = getattr(recipe, stage)
     checkpoint_dir = os.path.join(output_dir, "checkpoints", stage)
@@ -258,7 +263,7 @@ def run_trainer(
         logging_steps=max(1, stage_recipe.max_steps // 20),
         save_steps=stage_recipe.save_steps,
         save_total_limit=2,  # the one before the last is the fallback when the last is damaged
-        report_to=[],
+        report_to=report_to,
         seed=stage_seed,
         data_seed=stage_seed,
         dataloader_num_workers=0,
@@ -294,11 +299,12 @@ def train_stages(
     skip_finished: bool = False,
     resume: bool = True,
     probe: VeltrixPhysicsProbe | None = None,
+    report_to: str | list[str] = "none",
 ) -> None:
     """Trains `stages` in order (building the reflow pairs when `reflow` comes); with `skip_finished`, a stage
     whose folder `<output_dir>/<stage>` exists is not trained again. The recipe and each stage's prerequisites
     (`check_stage_prerequisites`) are checked before any stage trains. `probe` goes to the evolver stage (needed
-    with `recipe.physics_loss_weight > 0`)."""
+    with `recipe.physics_loss_weight > 0`); `report_to` to the Trainer (as in `train_stage`)."""
     recipe.validate()
     check_stage_prerequisites(tuple(stages), output_dir, skip_finished)
     for stage in stages:
@@ -311,5 +317,5 @@ def train_stages(
             else train_dataset
         )
         print(f"[veltrix] stage {stage}: training {getattr(recipe, stage).max_steps} steps")
-        metrics = train_stage(stage, models, data, recipe, output_dir, resume=resume, probe=probe)
+        metrics = train_stage(stage, models, data, recipe, output_dir, resume=resume, probe=probe, report_to=report_to)
         print(f"[veltrix] stage {stage} finished: train_loss={metrics['train_loss']:.5g}")

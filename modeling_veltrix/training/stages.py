@@ -153,7 +153,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
         self,
         pixel_values: torch.Tensor,
         timestamps: torch.Tensor,
-        actions: torch.Tensor,
+        actions: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
@@ -171,14 +171,19 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
         units: torch.Tensor,
         pixel_values: torch.Tensor,
         timestamps: torch.Tensor,
-        actions: torch.Tensor,
+        actions: torch.Tensor | None,
         observed: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """`L_traj` (+ `physics_weight · L_phys`) of the encoded trajectories `units (B, T, U, D)`: teacher forcing
         over every step and an open-loop window from a random start, with the recipe's optional terms. The target
-        states are `units.detach()` (with a trainable encoder, the latent targets must not pull it to collapse)."""
+        states are `units.detach()` (with a trainable encoder, the latent targets must not pull it to collapse).
+        `actions (B, T, A)` may be None (frames-only data): the evolver's null condition then drives every step."""
         recipe = self.recipe
         targets = units.detach()
+
+        def acted(steps: slice) -> torch.Tensor | None:
+            """The actions of `steps`, or None without actions."""
+            return None if actions is None else actions[:, steps]
 
         def captions(steps: slice) -> tuple[torch.Tensor, torch.Tensor] | None:
             """The observed captions of `steps`, targets of the predicted text subspace (None without text)."""
@@ -191,7 +196,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             teacher_output = self.evolver(
                 units[:, :-1],
                 timestamps=timestamps[:, :-1],
-                actions=actions[:, :-1],
+                actions=acted(slice(None, -1)),
                 prediction_timestamps=timestamps[:, 1:],
                 sampling_targets=targets[:, 1:],
             )
@@ -206,7 +211,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
         rollout = self.evolver.rollout(
             units[:, start : start + context],
             window,
-            actions=actions[:, start:end],
+            actions=acted(slice(start, end)),
             timestamps=timestamps[:, start:end],
         )
         future = slice(start + context, end)
@@ -218,7 +223,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             open_loop_sampling = self.evolver(
                 fed,
                 timestamps=timestamps[:, start : end - 1],
-                actions=actions[:, start : end - 1],
+                actions=acted(slice(start, end - 1)),
                 prediction_timestamps=timestamps[:, start + 1 : end],
                 sampling_targets=targets[:, start + 1 : end],
             ).sampling_loss
@@ -228,7 +233,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
                 self.evolver,
                 units[:, start : start + context],
                 rollout.units,
-                actions=actions[:, start:end],
+                actions=acted(slice(start, end)),
                 timestamps=timestamps[:, start:end],
                 perturbation=recipe.stability_perturbation,
             )
@@ -238,7 +243,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
                 self.evolver,
                 units[:, start : start + context],
                 window,
-                actions=actions[:, start:end],
+                actions=acted(slice(start, end)),
                 timestamps=timestamps[:, start:end],
             )
             consistency = self._state_loss(midpoints, targets[:, future], pixel_values[:, future], captions(future))
@@ -247,7 +252,7 @@ class VeltrixEvolverStage(VeltrixFrozenEncoderStage):
             reference = targets[:, start + context - 2 : start + context]  # the last two context states
             # The impulses that reach the window: the action at step t first shows at t + 1, so those of the last
             # context step to the step before the last predicted one.
-            impulses = actions[:, start + context - 1 : end - 1]
+            impulses = acted(slice(start + context - 1, end - 1))
             physics = physics_conservation_loss(self.probe, rollout.units, reference, impulses)
             loss = loss + self.physics_weight * physics
         return loss
@@ -286,7 +291,7 @@ class VeltrixJointStage(VeltrixEvolverStage):
         self,
         pixel_values: torch.Tensor,
         timestamps: torch.Tensor,
-        actions: torch.Tensor,
+        actions: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         audio_values: torch.Tensor | None = None,
