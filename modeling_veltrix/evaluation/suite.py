@@ -385,6 +385,12 @@ def _settings_record(settings: SuiteSettings) -> dict:
     return json.loads(json.dumps(record))
 
 
+def _mean_predictor_parameters(evolver: torch.nn.Module) -> int:
+    """The evolver's parameters without its stochastic head (`sampling_head`, None without one)."""
+    head = evolver.sampling_head
+    return count_parameters(evolver) - (0 if head is None else count_parameters(head))
+
+
 def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tuple[dict, VeltrixPipeline]:
     """Trains (or loads) `world`'s models and scores them; the scores are saved to `<output_dir>/<world>/
     evaluation.json` and reused by a rerun with the same settings. Returns the world's result and its pipeline."""
@@ -406,6 +412,8 @@ def evaluate_world(settings: SuiteSettings, world: str, output_dir: str) -> tupl
     result = {
         "models": score_world(rollouts, settings.window),
         "parameters": {name: count_parameters(predictor) for name, predictor in models.predictors.items()},
+        # What the baselines are matched to: Veltrix's mean predictor, without its stochastic head.
+        "parameters_veltrix_mean_predictor": _mean_predictor_parameters(models.predictors["veltrix"]),
         "probe_energy_drift_on_encoded_truth": probe_floor["drift"],
         "num_held_out_trajectories": len(held_out),
         "num_sampled_trajectories": min(settings.num_sample_trajectories, len(held_out)),
