@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -263,16 +264,16 @@ def _clips(trajectory: _Trajectory, options: TrajectorySourceOptions, what: str)
 # --- readers: each yields (what, _Trajectory) for the source's trajectories, in order -------------------------------
 
 
-class _Reader:
+class _Reader(ABC):
     """A source's trajectories, read one at a time; `action_dim` (0: none) and `has_timestamps` are known up front."""
 
     num_trajectories: int
     action_dim: int
     has_timestamps: bool
 
+    @abstractmethod
     def trajectories(self, options: TrajectorySourceOptions, indices: list[int]) -> Iterator[tuple[str, _Trajectory]]:
         """(file or column, trajectory) for each of the sorted `indices`, read and converted; the others skipped."""
-        raise NotImplementedError
 
 
 def _npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
