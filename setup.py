@@ -48,9 +48,12 @@ setup(
             "gradio>=5",
             "playwright>=1.40",
             "av>=12",
+            "gym-pusht>=0.1.5",
         ],
         "demo": ["matplotlib>=3.7", "gradio>=5"],
         # `scripts/train.py --dataset <folder of videos>` decodes them with PyAV (`training.sources`).
         "video": ["av>=12"],
+        # Push-T, the planning benchmark's second task (`modeling_veltrix.planning.pusht`): gymnasium + pymunk.
+        "planning": ["gym-pusht>=0.1.5"],
     },
 )

@@ -24,6 +24,14 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from .action_search import (
+    ActionSearch,
+    EvolverCandidates,
+    VeltrixPlannerSettings,
+    VeltrixPlanOutput,
+    action_bounds_tensors,
+    check_plan_inputs,
+)
 from .configuration_veltrix import VeltrixEvolverConfig
 from .input_validation import (
     CLOCK_DTYPE,
@@ -114,7 +122,7 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         return self.down_proj(F.silu(gate) * up)
 
     def _modulation(self, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """condition (B, T, C) -> six (B, T, 1, H) shift/scale tensors."""
+        """condition (B, T, C) -> six (B, T, 1, H) shift/scale tensors (or (B, C) -> six (B, 1, H))."""
         return self.modulation(condition)[..., None, :].chunk(6, dim=-1)
 
     def forward(
@@ -143,17 +151,18 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U. `skip_mlp` leaves out the
         MLP, which only the output needs (the states are advanced without it)."""
-        h, condition, gaps = h[:, None], condition[:, None], gaps[:, None]
+        # `forward`'s operations without its time axis (the same numbers, fewer reshapes): (B, 1, H) modulations
+        # broadcast over the units.
         shift_mix, scale_mix, shift_ssm, scale_ssm, shift_mlp, scale_mlp = self._modulation(condition)
-        h = h + self._mix_units(h, shift_mix, scale_mix)
-        b, _, u, hidden = h.shape
-        ssm_in = modulate(self.ssm_norm(h), shift_ssm, scale_ssm).reshape(b * u, hidden)
-        unit_gaps = gaps.expand(b, u).reshape(b * u)
+        h = h + self.unit_mixer(modulate(self.mix_norm(h), shift_mix, scale_mix))
+        b, u, hidden = h.shape
+        ssm_in = modulate(self.ssm_norm(h), shift_ssm, scale_ssm).view(b * u, hidden)
+        unit_gaps = gaps[:, None].expand(b, u).reshape(b * u)
         ssm_out, conv_state, ssm_state = self.ssm.step(ssm_in, unit_gaps, conv_state, ssm_state)
-        h = h + ssm_out.reshape(b, 1, u, hidden)
+        h = h + ssm_out.view(b, u, hidden)
         if not skip_mlp:
             h = h + self._mlp(h, shift_mlp, scale_mlp)
-        return h[:, 0], conv_state, ssm_state
+        return h, conv_state, ssm_state
 
 
 EVOLUTION_MODES = ("free", "conditional", "counterfactual")
@@ -886,9 +895,10 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             return None, cache
         if noise is not None:
             change_per_interval = self.sampling_head.sample(self.norm_f(hidden), condition, noise)
-            return units + step_sizes[:, None, None] * change_per_interval, cache
-        predicted, _ = self._velocity_to_units(units[:, None], hidden[:, None], step_sizes[:, None])
-        return predicted[:, 0], cache
+        else:
+            # `_velocity_to_units` without the velocity, which a step does not return.
+            change_per_interval = self.velocity_head(self.norm_f(hidden))
+        return units + step_sizes[:, None, None] * change_per_interval, cache
 
     def _remembering_step(
         self,
@@ -1025,14 +1035,15 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         predicts the one at `time_at(k + 1)` under `actions_at(k)` (sampled from `noise_at(k)` when given; fused
         with `engram`'s recall when given), then adds `state_deltas.get(k)`; yields the predicted state, the cache
         and, with a memory, (hits, mean α, bypassed) (B,) after each step."""
-        record = None
+        record, next_time = None, time_at(start)
         for k in range(start, stop):
             noise = None if noise_at is None else noise_at(k)
+            time, next_time = next_time, time_at(k + 1)  # each time is made once
             if engram is None:
-                state, cache = self._step(state, cache, time_at(k), time_at(k + 1), actions_at(k), noise=noise)
+                state, cache = self._step(state, cache, time, next_time, actions_at(k), noise=noise)
             else:
                 state, cache, record = self._remembering_step(
-                    state, cache, time_at(k), time_at(k + 1), actions_at(k), engram, noise
+                    state, cache, time, next_time, actions_at(k), engram, noise
                 )
             if k in state_deltas:
                 state = state + state_deltas[k]
@@ -1223,6 +1234,156 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         states = self._advance(context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram, noise_at)
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
         return ((time_at(k + 1).to(output_dtype), state) for k, (state, _, _) in enumerate(states))
+
+    @torch.no_grad()
+    def prefill(
+        self, context: torch.Tensor, timestamps: torch.Tensor | None = None, actions: torch.Tensor | None = None
+    ) -> VeltrixEvolverCache:
+        """The recurrent cache after every step of `context (B, T, U, D)` but the last, which `step` (or
+        `plan(cache=)`) then feeds: what a closed loop keeps between observations. `timestamps (B, T)` default to
+        steps of `dt_reference`; `actions (B, T - 1, A)` drove the context (the null condition without them)."""
+        if checks_enabled():
+            self._check_units("context", context, steps=True)
+            b, t = context.shape[:2]
+            if timestamps is not None:
+                self._check_timestamps("timestamps", timestamps, (b, t), increasing=True)
+            self._check_actions("actions", actions, (b, t - 1))
+        context_times, _ = self._rollout_times(context, timestamps)
+        return self._prefill(context, context_times, actions)
+
+    @torch.no_grad()
+    def plan(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        horizon: int,
+        method: str = "cem",
+        num_samples: int = 300,
+        num_iterations: int = 3,
+        top_k: int = 30,
+        action_bounds: tuple | None = None,
+        action_cost: float = 0.0,
+        generator: torch.Generator | None = None,
+        context_actions: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        cache: VeltrixEvolverCache | None = None,
+        goal_projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        initial_actions: torch.Tensor | None = None,
+        **search_settings,
+    ) -> VeltrixPlanOutput:
+        r"""Searches the actions that bring the evolved state closest to `goal` in `horizon` steps (`action_search`).
+
+        Args:
+            context (`torch.Tensor` of shape `(B, T, U, D)`): the observed states; the plan starts at the last.
+            goal (`torch.Tensor` of shape `(B, U, D)`): the state to reach at the last planned step.
+            horizon (`int`): how many actions to plan, 1 … `MAX_ROLLOUT_STEPS`.
+            method (`str`, defaults to `"cem"`): `"cem"`, `"mppi"` or `"gradient"`.
+            num_samples (`int`, defaults to 300): candidate sequences per context and iteration.
+            num_iterations (`int`, defaults to 3): refits (CEM, MPPI) or gradient steps.
+            top_k (`int`, defaults to 30): CEM's elites, at most `num_samples`.
+            action_bounds (`(low, high)`, *optional*): numbers or `(A,)` sequences bounding every action component.
+            action_cost (`float`, defaults to 0): weight of the mean squared action in the objective.
+            generator (`torch.Generator`, *optional*): the candidates' noise (CPU); the same seed, the same plan.
+            context_actions (`torch.Tensor` of shape `(B, T - 1, A)`, *optional*): the actions that drove the context
+                (the null condition without them).
+            timestamps (`torch.Tensor` of shape `(B, T + horizon)`, *optional*): times of the context and planned
+                steps; defaults to steps of `dt_reference`.
+            cache (`VeltrixEvolverCache`, *optional*): the recurrent state after every step before `context[:, -1]`
+                (from a closed loop that keeps stepping, see `planning.mpc`); then `context` is `(B, 1, U, D)`,
+                `context_actions` is None, and the timestamps (if given) start at the last observed step.
+            goal_projection (callable, *optional*): maps states `(..., U, D)` to what the distance compares (the
+                pipeline passes the encoder's frame subspace); the whole state by default.
+            initial_actions (`torch.Tensor` of shape `(B, horizon, A)`, *optional*): where the search starts (e.g.
+                the previous plan shifted by the steps taken, or "hold still"); the centre of the bounds by default.
+            **search_settings: `initial_std`, `temperature`, `learning_rate`, `min_std` of `VeltrixPlannerSettings`.
+
+        Returns:
+            [`VeltrixPlanOutput`]: the best actions `(B, horizon, A)`, their predicted states and times, their
+            objective `(B,)` and the best objective after each iteration `(B, num_iterations)`.
+        """
+        settings = VeltrixPlannerSettings(
+            method=method,
+            num_samples=num_samples,
+            num_iterations=num_iterations,
+            top_k=top_k,
+            action_cost=action_cost,
+            **search_settings,
+        )
+        goal_shape = None
+        if goal_projection is not None:
+            goal_shape = ("B", self.config.num_units_per_step, self.config.unit_dim)
+        check_plan_inputs(self, context, goal, horizon, context_actions, timestamps, generator, goal_shape)
+        if goal.shape[0] != context.shape[0]:
+            raise ValueError(f"`goal` must hold one state per context ({context.shape[0]}), got {goal.shape[0]}.")
+        settings.check()
+        self._check_actions("initial_actions", initial_actions, (context.shape[0], horizon))
+        if cache is not None:
+            if context.shape[1] != 1 or context_actions is not None:
+                raise ValueError(
+                    "With `cache`, `context` must be the last observed state (B, 1, U, D) and `context_actions` "
+                    f"None, got context of shape {tuple(context.shape)}."
+                )
+            self._check_cache(cache, context.shape[0])
+        bounds = action_bounds_tensors(action_bounds, self.config.action_dim, context)
+        context_times, time_at = self._rollout_times(context, timestamps)
+        if cache is None:
+            cache = self._prefill(context, context_times, context_actions)
+        elif timestamps is None:
+            last = cache.last_timestamps.to(CLOCK_DTYPE) + self.config.dt_reference
+            time_at = lambda k: last + k * self.config.dt_reference  # noqa: E731 - mirrors `_rollout_times`
+        candidates = EvolverCandidates(
+            self, context[:, -1], cache, time_at, goal, horizon, num_samples, action_cost, goal_projection
+        )
+        search = ActionSearch(
+            candidates,
+            context.shape[0],
+            horizon,
+            self.config.action_dim,
+            settings,
+            bounds,
+            generator,
+            context,
+            initial_actions,
+        )
+        actions, units, objective, history = search.run()
+        times = torch.stack([time_at(k) for k in range(1, horizon + 1)], dim=1)
+        return VeltrixPlanOutput(
+            actions=actions,
+            units=units,
+            timestamps=times.to(context.dtype if timestamps is None else timestamps.dtype),
+            objective=objective,
+            objective_per_iteration=history,
+        )
+
+    @torch.no_grad()
+    def score_actions(
+        self,
+        context: torch.Tensor,
+        goal: torch.Tensor,
+        actions: torch.Tensor,
+        context_actions: torch.Tensor | None = None,
+        action_cost: float = 0.0,
+        goal_projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`plan`'s objective of given action sequences `(B, N, H, A)` from `context (B, T, U, D)` toward `goal (B, U,
+        D)` (one batched rollout from the context's cache, timestamps of `dt_reference`): -> `(B, N)`. What a landscape
+        check compares (does the true sequence score best among perturbations of it?)."""
+        b = context.shape[0]
+        if not isinstance(actions, torch.Tensor) or actions.dim() != 4 or actions.shape[0] != b:
+            found = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
+            raise ValueError(f"`actions` must have shape ({b}, N, H, {self.config.action_dim}), got {found}.")
+        n, horizon = actions.shape[1:3]
+        goal_shape = None if goal_projection is None else ("B", self.config.num_units_per_step, self.config.unit_dim)
+        check_plan_inputs(self, context, goal, horizon, context_actions, None, None, goal_shape)
+        self._check_actions("actions", actions, (b, n, horizon))
+        VeltrixPlannerSettings(action_cost=action_cost, num_samples=n, top_k=1).check()
+        context_times, time_at = self._rollout_times(context, None)
+        cache = self._prefill(context, context_times, context_actions)
+        candidates = EvolverCandidates(
+            self, context[:, -1], cache, time_at, goal, horizon, n, action_cost, goal_projection
+        )
+        scores, _ = candidates(actions.flatten(0, 1))
+        return scores.view(b, n)
 
 
 def midpoint_rollout(

@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import get_device, randn_tensor
 from torch import nn
 from transformers import PreTrainedModel
 
+from .action_search import VeltrixPlanOutput
 from .input_validation import (
     CLOCK_DTYPE,
     MAX_INFERENCE_STEPS,
@@ -932,6 +933,105 @@ class VeltrixPipeline(DiffusionPipeline):
             memory_hits=memory_hits,
             sample_spread=rollout.sample_spread,
         )
+
+    @torch.no_grad()
+    def plan(
+        self,
+        pixel_values: torch.Tensor,
+        goal: torch.Tensor,
+        horizon: int,
+        method: str = "cem",
+        num_samples: int = 300,
+        num_iterations: int = 3,
+        top_k: int = 30,
+        action_bounds: tuple | None = None,
+        action_cost: float = 0.0,
+        generator: torch.Generator | None = None,
+        actions: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        output_type: str = "latent",
+        num_inference_steps: int | None = None,
+        **search_settings,
+    ) -> VeltrixPlanOutput:
+        r"""Plans the actions that bring the world from the context frames to the goal (`VeltrixEvolverModel.plan`).
+
+        The context is encoded once; candidate action sequences roll out from its cached recurrent state in one
+        batched pass per iteration; the objective compares the last predicted state with the goal in the frame
+        subspace (`encoder.frame_subspace`), what the decoder renders, plus `action_cost` times the mean squared action.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(B, T, C, H, W)`): context frames in [-1, 1].
+            goal (`torch.Tensor`): goal frames `(B, C, H, W)` in [-1, 1] (encoded here) or goal states `(B, U, D)`.
+            horizon, method, num_samples, num_iterations, top_k, action_bounds, action_cost, generator: as in
+                `VeltrixEvolverModel.plan`; `generator` also draws the decoder's noise when frames are rendered.
+            actions (`torch.Tensor` of shape `(B, T - 1, A)`, *optional*): the actions that drove the context.
+            timestamps (`torch.Tensor` of shape `(B, T + horizon)`, *optional*): times of context and planned steps.
+            output_type (`str`, defaults to `"latent"`): `"latent"` returns states only; `"pil"`, `"np"` or `"pt"`
+                also renders the planned trajectory into `out.frames` with the decoder.
+            num_inference_steps (`int`, *optional*): the decoder's Euler steps when rendering.
+            **search_settings: `initial_std`, `temperature`, `learning_rate`, `min_std` (`VeltrixPlannerSettings`).
+
+        Returns:
+            [`VeltrixPlanOutput`] with the best actions `(B, horizon, A)`, the predicted states and, when rendered,
+            frames, and the objective per iteration.
+
+        Examples:
+
+        ```py
+        >>> plan = pipe.plan(frames, goal_frame, horizon=25, method="cem", action_bounds=(-5.0, 5.0))
+        >>> plan.actions.shape, plan.objective_per_iteration.shape  # ((B, 25, A), (B, 3))
+        ```
+        """
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        check_step_count("num_inference_steps", num_inference_steps, MAX_INFERENCE_STEPS)
+        device = self._execution_device
+        timestamps_dtype = timestamps.dtype if isinstance(timestamps, torch.Tensor) else self.evolver.dtype
+        pixel_values = to_model_dtype(pixel_values, device, self.encoder.dtype)
+        actions = to_model_dtype(actions, device, self.evolver.dtype)
+        timestamps = to_model_dtype(timestamps, device, CLOCK_DTYPE)
+        self.encoder.check_pixel_values(pixel_values)
+        b = pixel_values.shape[0]
+        config = self.encoder.config
+        units_shape = (b, config.num_units_per_step, config.unit_dim)
+        frame_shape = (b, config.num_channels, config.image_size, config.image_size)
+        if not isinstance(goal, torch.Tensor) or tuple(goal.shape) not in (units_shape, frame_shape):
+            found = tuple(goal.shape) if isinstance(goal, torch.Tensor) else type(goal).__name__
+            raise ValueError(f"`goal` must be frames {frame_shape} or states {units_shape}, got {found}.")
+        is_frame = tuple(goal.shape) == frame_shape
+        goal = to_model_dtype(goal, device, self.encoder.dtype if is_frame else self.evolver.dtype)
+        if is_frame:
+            self.encoder.check_pixel_values(goal[:, None])
+        with inputs_checked():
+            context = self.encoder(pixel_values).units.to(self.evolver.dtype)
+            if is_frame:
+                goal = self.encoder(goal[:, None]).units[:, 0].to(self.evolver.dtype)
+        planned = self.evolver.plan(
+            context,
+            goal,
+            horizon,
+            method=method,
+            num_samples=num_samples,
+            num_iterations=num_iterations,
+            top_k=top_k,
+            action_bounds=action_bounds,
+            action_cost=action_cost,
+            generator=generator,
+            context_actions=actions,
+            timestamps=timestamps,
+            goal_projection=lambda units: self.encoder.frame_subspace(units.to(self.encoder.dtype)),
+            **search_settings,
+        )
+        planned.timestamps = planned.timestamps.to(timestamps_dtype)
+        if output_type != "latent":
+            latents = self.prepare_latents(b * horizon, self.decoder.dtype, device, generator)
+            planned.frames = self.render_rollout(
+                planned.units, pixel_values[:, -1], num_inference_steps, latents, output_type
+            )
+        self.maybe_free_model_hooks()
+        return planned
 
     def memory_for_call(self, use_engram: bool | None) -> nn.Module | None:
         """The Engram memory that a call with `use_engram` rolls out with: the pipeline's (None without one) when
