@@ -1,7 +1,8 @@
 """Evaluation of trained Veltrix pipelines: rollout error per horizon against baselines, read-back of captions and
 audio from encoded and evolved states, image quality, and the pictures of rollouts (GIFs, error plots, the app's
 viewer); the equal-size learned baselines (`baselines`), the rollout metrics as `evaluate` modules
-(`metric_loading.load_metric`) and the suite behind `scripts/evaluate.py` (`suite`).
+(`metric_loading.load_metric`), the suite behind `scripts/evaluate.py` (`suite`) and the evaluation of a run trained
+on your own data (`own_data`, `scripts/evaluate.py --run-dir`).
 
 `metric_loading` (and `suite`, which uses it) are not imported here: they import the `evaluate` library, which a
 script run from `scripts/` would find shadowed by `scripts/evaluate.py`."""
@@ -14,6 +15,7 @@ from .baselines import (
     count_parameters,
     matched_baseline_config,
 )
+from .own_data import evaluate_own_data, own_data_rollouts
 from .rollouts import (
     PREDICTORS,
     RolloutEvaluation,
@@ -22,6 +24,7 @@ from .rollouts import (
     evaluate_future_modalities,
     evaluate_rollouts,
     image_quality,
+    per_horizon_image_quality,
     per_horizon_mse,
     retrieval_r1,
     rollout_targets,
@@ -34,6 +37,8 @@ __all__ = [
     "build_baseline",
     "count_parameters",
     "matched_baseline_config",
+    "evaluate_own_data",
+    "own_data_rollouts",
     "PREDICTORS",
     "RolloutEvaluation",
     "caption_scores",
@@ -41,6 +46,7 @@ __all__ = [
     "evaluate_future_modalities",
     "evaluate_rollouts",
     "image_quality",
+    "per_horizon_image_quality",
     "per_horizon_mse",
     "retrieval_r1",
     "rollout_targets",

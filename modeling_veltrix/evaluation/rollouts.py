@@ -1,7 +1,8 @@
 """Rollout evaluation: per-horizon error of Veltrix against copy-last-frame and mean-of-context baselines.
 
-All errors are mean squared errors per future step `h = 1 … H`, in pixel space (frames in [-1, 1]) and in latent
-space (the encoder's units of the true future frames), averaged over held-out trajectories.
+All errors are per future step `h = 1 … H`, averaged over held-out trajectories: mean squared errors in pixel space
+(frames in [-1, 1]) and in latent space (the encoder's units of the true future frames), and the image quality (PSNR,
+SSIM) of the predicted frames.
 """
 
 from dataclasses import dataclass
@@ -22,18 +23,42 @@ PREDICTORS = ("veltrix", "copy_last", "mean_frame")
 
 @dataclass
 class RolloutEvaluation:
-    """Per-horizon MSE (arrays of length H) per predictor, and the frames (N, H, C, H, W) in [-1, 1]."""
+    """The errors of every predictor (`PREDICTORS`) per horizon over N trajectories, and the frames of a few of them.
+
+    pixel_mse, latent_mse: predictor -> `(H,)` mean squared error per horizon, the sum over the N trajectories / N.
+    true_frames, predicted_frames: `(K, H, C, h, w)` in [-1, 1], the true and Veltrix's future frames of the first
+        `K = min(num_example_trajectories, N)` trajectories.
+    context_frames: `(K, T, C, h, w)` in [-1, 1], their context frames.
+    psnr, ssim: predictor -> `(H,)` mean per-image PSNR (dB) and SSIM per horizon over the N trajectories (infinite
+        PSNR where a prediction equals the truth exactly).
+    pixel_mse_per_trajectory: `(N,)` Veltrix's pixel MSE of each trajectory, over all H horizons.
+    num_trajectories: N.
+    """
 
     pixel_mse: dict[str, np.ndarray]
     latent_mse: dict[str, np.ndarray]
     true_frames: torch.Tensor
     predicted_frames: torch.Tensor
     context_frames: torch.Tensor
+    psnr: dict[str, np.ndarray]
+    ssim: dict[str, np.ndarray]
+    pixel_mse_per_trajectory: np.ndarray
+    num_trajectories: int
 
 
 def per_horizon_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N, H, ...) x (N, H, ...) -> (N, H): MSE per trajectory and horizon."""
     return (prediction - target).pow(2).flatten(2).mean(-1)
+
+
+def per_horizon_image_quality(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, C, h, w) x (N, H, C, h, w) in [-1, 1] -> PSNR (dB) and SSIM per image, each (N, H); the metrics of
+    `image_quality`, image by image."""
+    x = (prediction.clamp(-1, 1).flatten(0, 1) + 1) / 2  # (N·H, C, h, w) in [0, 1]
+    y = (target.flatten(0, 1) + 1) / 2
+    psnr = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    return psnr.view(prediction.shape[:2]), ssim.view(prediction.shape[:2])
 
 
 @torch.no_grad()
@@ -45,23 +70,32 @@ def evaluate_rollouts(
     num_inference_steps: int = 8,
     seed: int = 0,
     batch_size: int = 16,
+    num_example_trajectories: int = 4,
 ) -> RolloutEvaluation:
     """Rolls the pipeline out from the first `context_length` steps of every trajectory of `dataset` (torch
-    format) for `num_future_steps` steps, with the trajectory's own actions and timestamps, and measures errors.
+    format) for `num_future_steps` steps, with the trajectory's own timestamps and actions (none when `dataset` has
+    no `actions` column: the evolver's null condition), and measures errors.
 
+    Memory does not grow with the dataset: per batch, the errors are added into per-horizon sums, and only the
+    frames of the first `num_example_trajectories` trajectories are kept (for pictures of rollouts).
     The decoder's noise for batch `i` comes from `torch.Generator().manual_seed(seed + i)`.
     """
     total_length = context_length + num_future_steps
     if len(dataset) == 0:
         raise ValueError("`dataset` must hold at least one trajectory, got 0.")
+    if num_example_trajectories < 0:
+        raise ValueError(f"`num_example_trajectories` must be >= 0, got {num_example_trajectories}.")
     available = dataset[0]["pixel_values"].shape[0]
     if total_length > available:
         raise ValueError(
             f"`context_length + num_future_steps` must be <= the trajectory length {available}, got {total_length}."
         )
-    pixel = {name: [] for name in PREDICTORS}
-    latent = {name: [] for name in PREDICTORS}
-    truths, predictions, contexts = [], [], []
+    sums = {
+        metric: {name: torch.zeros(num_future_steps, dtype=torch.float64) for name in PREDICTORS}
+        for metric in ("pixel_mse", "latent_mse", "psnr", "ssim")
+    }
+    per_trajectory, truths, predictions, contexts = [], [], [], []
+    kept = 0
     encoder = pipeline.encoder
     for index, start in enumerate(tqdm(range(0, len(dataset), batch_size), desc="evaluating rollouts")):
         batch = dataset[start : start + batch_size]
@@ -70,11 +104,11 @@ def evaluate_rollouts(
         observed = observed_modalities(encoder, batch)
         context_observed = {name: value[:, :context_length] for name, value in observed.items()}
         future_observed = {name: value[:, context_length:total_length] for name, value in observed.items()}
+        conditions = {name: batch[name][:, :total_length] for name in ("actions", "timestamps") if name in batch}
         output = pipeline(
             context,
             **context_observed,
-            actions=batch["actions"][:, :total_length],
-            timestamps=batch["timestamps"][:, :total_length],
+            **conditions,
             num_future_steps=num_future_steps,
             num_inference_steps=num_inference_steps,
             generator=torch.Generator().manual_seed(seed + index),
@@ -94,17 +128,34 @@ def evaluate_rollouts(
             "mean_frame": context_units.mean(dim=1, keepdim=True).expand_as(future_units),
         }
         for name in PREDICTORS:
-            pixel[name].append(per_horizon_mse(baselines[name], future))
-            latent[name].append(per_horizon_mse(latent_predictions[name], future_units))
-        truths.append(future)
-        predictions.append(predicted)
-        contexts.append(context)
+            pixel = per_horizon_mse(baselines[name], future)  # (B, H)
+            psnr, ssim = per_horizon_image_quality(baselines[name], future)
+            sums["pixel_mse"][name] += pixel.double().sum(0)
+            sums["latent_mse"][name] += per_horizon_mse(latent_predictions[name], future_units).double().sum(0)
+            sums["psnr"][name] += psnr.double().sum(0)
+            sums["ssim"][name] += ssim.double().sum(0)
+            if name == "veltrix":
+                per_trajectory.append(pixel.double().mean(1))
+        take = min(num_example_trajectories - kept, len(future))
+        if take > 0:
+            truths.append(future[:take])
+            predictions.append(predicted[:take])
+            contexts.append(context[:take])
+            kept += take
+    count = len(dataset)
+    averages = {metric: {name: (value / count).numpy() for name, value in sums[metric].items()} for metric in sums}
+    if not truths:  # no examples asked for: empty tensors of the frames' shapes
+        truths, predictions, contexts = [future[:0]], [predicted[:0]], [context[:0]]
     return RolloutEvaluation(
-        pixel_mse={name: torch.cat(values).mean(0).numpy() for name, values in pixel.items()},
-        latent_mse={name: torch.cat(values).mean(0).numpy() for name, values in latent.items()},
+        pixel_mse=averages["pixel_mse"],
+        latent_mse=averages["latent_mse"],
         true_frames=torch.cat(truths),
         predicted_frames=torch.cat(predictions),
         context_frames=torch.cat(contexts),
+        psnr=averages["psnr"],
+        ssim=averages["ssim"],
+        pixel_mse_per_trajectory=torch.cat(per_trajectory).numpy(),
+        num_trajectories=count,
     )
 
 
