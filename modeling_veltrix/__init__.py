@@ -11,12 +11,13 @@ The Hub export (`hub.export.write_hub_code`), which makes `save_pretrained` writ
 declared in `setup.py` as an entry point (`veltrix.repository_writers`), so that this module imports no tooling.
 
 The package root holds the model, exactly what a saved folder carries; the subpackages (`worlds`, `training`,
-`evaluation`, `hub`, `benchmarks`) are the tooling that uses it and are never published with it.
+`evaluation`, `planning`, `hub`, `benchmarks`) are the tooling that uses it and are never published with it.
 """
 
 from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .action_search import PLANNING_METHODS, VeltrixPlannerSettings, VeltrixPlanOutput
 from .configuration_veltrix import VeltrixEncoderConfig, VeltrixEngramConfig, VeltrixEvolverConfig
 from .modeling_veltrix_decoder import VeltrixDecoderModel, VeltrixDecoderOutput, flow_matching_loss
 from .modeling_veltrix_encoder import VeltrixEncoderModel, VeltrixEncoderOutput
@@ -53,6 +54,7 @@ for _model_class in (VeltrixEncoderModel, VeltrixEvolverModel, VeltrixEngramMode
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=VeltrixWorldRolloutPipeline, pt_model=AutoModel, type="video")
 
 __all__ = [
+    "PLANNING_METHODS",
     "TASK",
     "VeltrixCounterfactualRolloutOutput",
     "VeltrixDecoderModel",
@@ -70,6 +72,8 @@ __all__ = [
     "VeltrixIntervention",
     "VeltrixPipeline",
     "VeltrixPipelineOutput",
+    "VeltrixPlanOutput",
+    "VeltrixPlannerSettings",
     "VeltrixRepositoryError",
     "VeltrixRolloutOutput",
     "VeltrixWorldConfig",

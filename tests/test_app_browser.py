@@ -1,6 +1,8 @@
 """The demo app end to end: `scripts/app.py` serves a tiny saved pipeline on 127.0.0.1, headless Chromium (Debian's
 `chromium`, driven by Playwright) clicks "Roll out", and the ground truth | prediction | error animation and the
-error plot appear. CI installs Chromium (`.ci/run`); elsewhere the test is skipped when it is absent."""
+error plot appear; on the Plan tab it picks an episode (the goal preview changes), sets a small planner, clicks
+"Plan", and the goal frame and the simulator | plan | error animation appear. CI installs Chromium (`.ci/run`);
+elsewhere the tests are skipped when it is absent."""
 
 import importlib.util
 import os
@@ -11,8 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from io import BytesIO
 from pathlib import Path
 
+import PIL.Image
 import pytest
 from hub_helpers import tiny_pipeline
 
@@ -98,3 +102,44 @@ def test_one_rollout_through_the_app_shows_the_pictures(app_url, tmp_path):
     animation, plot = sizes
     assert animation == [3 * 32 * 4, 32 * 4]  # ground truth | prediction | error, 32-pixel frames shown ×4
     assert plot[0] > 200 and plot[1] > 100
+
+
+def test_one_plan_through_the_app_shows_the_goal_and_the_animation(app_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.goto(app_url, wait_until="networkidle")
+            page.get_by_role("tab", name="Plan").click()
+            served = page.locator("img[src*='/gradio_api/file=']")
+            served.first.wait_for(state="visible", timeout=60_000)  # the goal preview of episode 0
+            first_goal = served.first.get_attribute("src")
+            for label, value in (("steps to the goal", "3"), ("candidates", "16"), ("iterations", "2")):
+                field = page.get_by_label(f"number input for {label}")
+                field.fill(value)
+                field.press("Enter")
+            episode = page.get_by_label("episode (its goal frame)")
+            episode.fill("5")
+            episode.press("Enter")
+            page.wait_for_function(  # the preview follows the chosen episode before any planning
+                "src => document.querySelector(\"img[src*='/gradio_api/file=']\").src !== src", arg=first_goal
+            )
+            page.get_by_text("mppi", exact=True).click()
+            page.get_by_role("button", name="Plan").click()
+            served.nth(1).wait_for(state="visible", timeout=120_000)
+            page.get_by_text("Objective per iteration").wait_for(timeout=30_000)
+            sizes = served.evaluate_all(
+                "images => images.map(i => i.complete ? [i.naturalWidth, i.naturalHeight] : [0, 0])"
+            )
+            animation = PIL.Image.open(BytesIO(page.request.get(served.nth(1).get_attribute("src")).body()))
+            summary = page.get_by_text("Objective per iteration").inner_text()
+            page.screenshot(path=str(tmp_path / "plan.png"), full_page=True)
+        finally:
+            browser.close()
+    goal, gif = sizes
+    assert goal == [32 * 4, 32 * 4]
+    assert gif == [3 * 32 * 4, 32 * 4]  # simulator | plan | error, 32-pixel frames shown ×4
+    assert animation.n_frames == 3  # one picture per planned step: the horizon set in the page
+    assert summary.count(",") == 1  # the objective after each of the 2 iterations

@@ -34,6 +34,8 @@ from ..planning.pusht import (
     write_pusht_npz,
 )
 from ..planning.reach import (
+    REACH_ACTION_BOUND,
+    REACH_INITIAL_STD,
     ReachEnvironment,
     ReachSimulatorCandidates,
     ReachTaskConfig,
@@ -65,8 +67,8 @@ class PlanningBenchmarkSettings:
     num_samples: int = 300
     num_iterations: int = 3
     top_k: int = 30
-    initial_std: float = 0.3
-    reach_bound: float = 5.0
+    initial_std: float = REACH_INITIAL_STD
+    reach_bound: float = REACH_ACTION_BOUND
     num_perturbations: int = 16
     perturbation_scale: float = 0.3
     timing_repeats: int = 5

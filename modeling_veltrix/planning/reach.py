@@ -16,6 +16,11 @@ import torch
 from ..worlds import get_world
 from ..worlds.bouncing_balls import BouncingBallsWorld
 
+# The planner's search space on this task: impulses bound to [-REACH_ACTION_BOUND, REACH_ACTION_BOUND] pixels per
+# second per component, candidates first drawn with REACH_INITIAL_STD times that bound as standard deviation.
+REACH_ACTION_BOUND = 5.0
+REACH_INITIAL_STD = 0.3
+
 
 @dataclass(frozen=True)
 class ReachTaskConfig:
@@ -58,12 +63,15 @@ def reach_world(config: ReachTaskConfig) -> BouncingBallsWorld:
     return get_world("bouncing_balls", **dict(config.world))
 
 
-def sample_reach_episodes(config: ReachTaskConfig) -> list[ReachEpisode]:
-    """The task's `config.num_episodes` held-out episodes (deterministic in `config.seed`)."""
+def sample_reach_episodes(config: ReachTaskConfig, first_index: int = 0) -> list[ReachEpisode]:
+    """The task's held-out episodes `first_index, ..., first_index + config.num_episodes - 1` (deterministic in
+    `config.seed`: episode `i` is the same whatever `first_index` and `num_episodes` select it)."""
     config.check()
+    if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+        raise ValueError(f"`first_index` must be an int >= 0, got {first_index!r}.")
     world = reach_world(config)
     length = config.context_length + config.gap
-    data = world.generate(config.num_episodes, length, config.seed)
+    data = world.generate(config.num_episodes, length, config.seed, first_index)
     num_balls = world.config.num_balls
     last = config.context_length - 1
     episodes = []
