@@ -7,11 +7,11 @@ Per task it trains (or loads, from `--output-dir`, default `<output>_runs/`) the
 on `configuration/veltrix-tiny/planning_recipe.json` (bouncing balls with denser impulses), Push-T on data it
 collects with gym-pusht's simulator (`planning.pusht`, written to `<output-dir>/pusht/pusht.npz`) through the
 own-data path, with `configuration/veltrix-tiny-pusht` (64×64 frames). Then on held-out episodes, start and goal 25
-steps apart, it plans open loop with CEM, MPPI and the gradient search (300 candidates × horizon 25 × 3 iterations)
+steps apart, it plans open loop with CEM, MPPI and the gradient search (64 candidates × horizon 25 × 3 iterations)
 and executes the plan in the true simulator, next to a random-action baseline and the same planner with the true
 simulator as its model (the upper bound). The JSON report (BENCHMARKS.md shape) holds success rates, milliseconds per
-planning call and the objective's landscape check; its targets are `success_rate_over_random_<task>`,
-`success_rate_over_oracle_<task>` (Veltrix with CEM) and `ms_per_plan_<task>`.
+planning call at 300 candidates × 25 × 3 and the objective's landscape check; its targets are
+`success_rate_over_random_<task>`, `success_rate_over_oracle_<task>` (Veltrix with CEM) and `ms_per_plan_<task>`.
 """
 
 import argparse
@@ -33,6 +33,8 @@ QUICK_SETTINGS = {
     "num_samples": 8,
     "num_iterations": 2,
     "top_k": 2,
+    "timing_samples": 8,
+    "timing_iterations": 1,
     "num_perturbations": 3,
     "timing_repeats": 1,
     "quick": True,

@@ -47,6 +47,7 @@ def test_quick_run_reports_both_tasks_and_every_target(quick_run):
         assert result["num_episodes"] == 2
     assert (output.parent / "report_runs" / "pusht" / "pusht.npz").exists()
     assert report["environment"]["settings"]["num_samples"] == 8
+    assert report["environment"]["settings"]["timing_samples"] == 8
 
 
 def test_a_rerun_reloads_the_trained_models(quick_run):
