@@ -203,3 +203,18 @@ def test_rollouts_keep_a_few_examples_and_average_over_all(run):
             assert evaluation.pixel_mse[name].mean() == pytest.approx(per_trajectory.mean(), rel=1e-6)
     for name in PREDICTORS:
         assert evaluation.latent_mse[name].shape == (horizon,) and np.isfinite(evaluation.latent_mse[name]).all()
+
+
+def test_a_video_folder_run_evaluates_on_its_held_out_videos(tmp_path, monkeypatch):
+    """The third source kind end to end: a folder of mp4 / gif videos with sidecar actions trains every stage and is
+    evaluated on the videos it held out."""
+    from test_data_sources import ACTION_DIM, run_train, write_preset, write_video_folder
+
+    preset, out = write_preset(tmp_path / "preset", context_length=CONTEXT, rollout_window=WINDOW), tmp_path / "run"
+    videos = write_video_folder(tmp_path / "videos", with_actions=True)
+    run_train(monkeypatch, tmp_path, preset, out, "--dataset", str(videos), "--held-out-count", "2")
+    report = evaluate_own_data(str(out), horizon=WINDOW, num_inference_steps=1, cache_dir=str(tmp_path / "cache"))
+    check_report(report, WINDOW, num_trajectories=2)
+    source = json.loads((out / "data_source.json").read_text())
+    assert source["kind"] == "video" and source["action_dim"] == ACTION_DIM
+    assert report["environment"]["data"]["source"]["held_out_indices"] == source["held_out_indices"]
