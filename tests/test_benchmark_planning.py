@@ -42,7 +42,9 @@ def test_quick_run_reports_both_tasks_and_every_target(quick_run):
         result = report["results"][task]
         assert set(result["success_rate"]) == SUCCESS_KEYS
         assert all(0.0 <= rate <= 1.0 for rate in result["success_rate"].values())
-        assert set(result["ms_per_plan"]) == {"cem", "mppi", "gradient"}
+        assert set(result["ms_per_plan_evaluation_budget"]) == {"cem", "mppi", "gradient"}
+        assert result["ms_per_plan_cem_timing_budget"]["median"] > 0
+        assert set(result["median_final_distance"]) == SUCCESS_KEYS
         assert 0.0 <= result["landscape"]["true_actions_score_best"] <= 1.0
         assert result["num_episodes"] == 2
     assert (output.parent / "report_runs" / "pusht" / "pusht.npz").exists()
