@@ -18,7 +18,8 @@ The optional CUDA kernels of `mamba-ssm` (`mamba_chunk_scan_combined`, `selectiv
 not installed. Each has a PyTorch fallback with its signature (the arguments the mixer passes, under the kernel's
 names and defaults): `torch_chunk_scan_combined` (or `torch_sequential_scan_combined` on the reference scan),
 `torch_selective_state_update`, `torch_causal_conv1d_fn` and `torch_causal_conv1d_update`. `VeltrixSelectiveSSM`,
-the Mamba-2 mixer with a Δt-aware step, picks the kernels or the fallbacks in one line each.
+the Mamba-2 mixer with a Δt-aware step, runs the kernels on CUDA, or its PyTorch path: the whole-sequence fallbacks
+over cache-sized time segments, and the step's computation out of place (no state copies).
 
 Shapes: `b` batch, `l` length, `h` heads, `p` head channels, `g` groups of `B`/`C`, `n` state size, `c` chunks,
 `q` positions in a chunk. `dt` is already positive (softplus and Δt scaling are applied by the mixer).
@@ -65,16 +66,17 @@ def mamba_kernels_available() -> bool:
 # (~ eps · total) stays below 1e-5 relative; heads past the limit in some chunk take the exact segment-sum path.
 _FACTORIZATION_LIMIT = {torch.float32: 100.0, torch.float64: 600.0}
 
+# Positions (rows × time steps) per segment of the mixer's PyTorch whole-sequence path. Its largest intermediates
+# (the in-projection's output, the chunk states) are 5-10 times the input's size: at 4096 positions of the reference
+# dimensions they stay within a CPU's last-level cache, and beyond it the mixer became memory-bound (86k tokens/s at
+# 4k tokens, 49k at 16k on 2 cores).
+_SEGMENT_POSITIONS = 4096
+
 
 def scan_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a scan computes in: float32 or float64 as given, float32 for half precision (in bfloat16 the decays
     `exp(dt·A)` and the state's running sums would lose most of their digits)."""
     return dtype if dtype in _FACTORIZATION_LIMIT else torch.float32
-
-
-def _expand_groups(bc: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Repeats group-shared `B`/`C` (..., g, n) to every head (..., h, n)."""
-    return bc.repeat_interleave(num_heads // bc.shape[-2], dim=-2)
 
 
 @functools.lru_cache(maxsize=32)
@@ -128,12 +130,18 @@ def ssd_step(
     Returns:
         y: (b, h, p) and the new state (b, h, p, n).
     """
-    num_heads = x.shape[1]
-    B, C = _expand_groups(B, num_heads), _expand_groups(C, num_heads)
+    b, h, p = x.shape
+    g, n = B.shape[-2:]
     decay = torch.exp(dt * A)  # (b, h)
-    state = torch.addcmul(state * decay[..., None, None], (x * dt[..., None])[..., None], B[:, :, None, :])
-    y = torch.matmul(state, C[..., None])[..., 0]  # (b, h, p)
-    return y, state
+    # The input term dt·x ⊗ B into a fresh tensor (B broadcast over each group's heads, not copied), then the decayed
+    # old state accumulated into it in place: the state is read once and written once (on CPU a tiny-matrix bmm
+    # for the outer product is ten times slower).
+    x_dt = (x * dt[..., None]).reshape(b, g, h // g, p, 1)
+    new_state = (x_dt * B[:, :, None, None, :]).reshape(b, h, p, n)
+    new_state.addcmul_(state, decay[..., None, None])
+    C = C[:, :, None, :].expand(b, g, h // g, n).reshape(b, h, n, 1)
+    y = torch.matmul(new_state, C)[..., 0]  # (b, h, p)
+    return y, new_state
 
 
 def ssd_sequential_scan(
@@ -297,11 +305,13 @@ def torch_chunk_scan_combined(
     chunk_size: int,
     D: torch.Tensor | None = None,
     *,
+    initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`mamba_chunk_scan_combined` in PyTorch (`ssd_chunked_scan`): x (b, l, h, p), dt (b, l, h) positive, A (h,),
-    B and C (b, l, g, n), D (h,) -> y (b, l, h, p), and the final state (b, h, p, n) when `return_final_states`."""
-    y, state = ssd_chunked_scan(x, dt, A, B, C, chunk_size)
+    B and C (b, l, g, n), D (h,), initial_states (b, h, p, n) or None (zeros) -> y (b, l, h, p), and the final state
+    (b, h, p, n) when `return_final_states`."""
+    y, state = ssd_chunked_scan(x, dt, A, B, C, chunk_size, initial_states)
     return _scan_output(y, state, x, D, return_final_states)
 
 
@@ -314,12 +324,14 @@ def torch_sequential_scan_combined(
     chunk_size: int,
     D: torch.Tensor | None = None,
     *,
+    initial_states: torch.Tensor | None = None,
     return_final_states: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`torch_chunk_scan_combined` on the sequential reference scan (`chunk_size` is unused): the oracle of the
     model-level tests (`config.scan_implementation="sequential"`). Half-precision inputs are computed in float32."""
     dtype = scan_dtype(x.dtype)
-    y, state = ssd_sequential_scan(*(t.to(dtype) for t in (x, dt, A, B, C)))
+    initial = None if initial_states is None else initial_states.to(dtype)
+    y, state = ssd_sequential_scan(*(t.to(dtype) for t in (x, dt, A, B, C)), initial)
     return _scan_output(y.to(x.dtype), state.to(x.dtype), x, D, return_final_states)
 
 
@@ -372,17 +384,21 @@ def torch_causal_conv1d_fn(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
+    initial_states: torch.Tensor | None = None,
     activation: str | None = None,
 ) -> torch.Tensor:
     """`causal_conv1d_fn` in PyTorch: depthwise causal convolution of x (b, dim, l) with weight (dim, width) and
-    bias (dim,) -> (b, dim, l).
+    bias (dim,) -> (b, dim, l); `initial_states` (b, dim, width - 1) are the inputs before x (None: zeros).
 
     A sum of shifted, channel-scaled copies in the (b, l, dim) layout: on CPU this beats `nn.Conv1d`'s layout, and
     `x` given as the transposed view of a (b, l, dim) tensor is never copied to another layout.
     """
     rows = x.transpose(1, 2)  # (b, l, dim)
     length, width = rows.shape[1], weight.shape[1]
-    padded = F.pad(rows, (0, 0, width - 1, 0))  # (b, l + width - 1, dim)
+    if initial_states is None:
+        padded = F.pad(rows, (0, 0, width - 1, 0))  # (b, l + width - 1, dim)
+    else:
+        padded = torch.cat([initial_states.transpose(1, 2).to(rows.dtype), rows], dim=1)
     start = bias if bias is not None else weight.new_zeros(())
     out = torch.addcmul(start, padded[:, width - 1 :], weight[:, width - 1])
     for k in range(width - 1):
@@ -422,6 +438,9 @@ class VeltrixRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in _FACTORIZATION_LIMIT and self.weight.dtype == x.dtype:
+            # float32 / float64: PyTorch's fused norm gives the same numbers as the formula below in fewer kernels.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         variance = x.float().pow(2).mean(-1, keepdim=True)
         return (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
 
@@ -437,10 +456,11 @@ class VeltrixSelectiveSSM(nn.Module):
     """Mamba-2 mixer over time with a Δt-aware step: `dt = softplus(raw + bias) · Δt / Δt_ref`.
 
     `forward` runs a whole sequence from a zero state and returns the recurrent state at its end; `step` advances
-    that state by one observation. Each is one body that picks, one line per kernel, the mamba-ssm / causal-conv1d
-    kernels (on CUDA when installed and `use_mamba_kernels`) or their PyTorch fallbacks, which take the same
-    arguments; `_ssm_inputs` computes the projection split, the step sizes and `A` for both. The step kernels have
-    no backward, so steps under autograd take the PyTorch path.
+    that state by one observation. Each dispatches in one line to the mamba-ssm / causal-conv1d kernels (on CUDA
+    when installed and `use_mamba_kernels`) or to its PyTorch path (`_torch_forward`: the fallbacks over time
+    segments that carry the states; `_torch_step`: the fallbacks' step computed out of place); `_ssm_inputs` computes
+    the projection split, the step sizes and `A` for all. The step kernels have no backward, so steps under autograd
+    take the PyTorch path.
     """
 
     def __init__(self, config: VeltrixEvolverConfig):
@@ -519,11 +539,26 @@ class VeltrixSelectiveSSM(nn.Module):
             C.reshape(*lead, self.n_groups, self.state_size),
         )
 
-    def _conv_state(self, xbc: torch.Tensor) -> torch.Tensor:
-        """The last `conv_kernel - 1` convolution inputs of xbc (N, L, conv_dim), zero-padded on the left when the
-        sequence is shorter: (N, conv_dim, conv_kernel - 1)."""
+    def _conv_state(self, xbc: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """The last `conv_kernel - 1` convolution inputs of xbc (N, L, conv_dim), preceded by `previous` (the conv
+        state before xbc, (N, conv_dim, conv_kernel - 1)) or zeros when the sequence is shorter:
+        (N, conv_dim, conv_kernel - 1)."""
         window = xbc[:, -(self.conv_kernel - 1) :].transpose(1, 2)
-        return F.pad(window, (self.conv_kernel - 1 - window.shape[-1], 0))
+        missing = self.conv_kernel - 1 - window.shape[-1]
+        if not missing:
+            return window.clone(memory_format=torch.contiguous_format)  # a copy: a view would keep all of xbc alive
+        if previous is None:
+            return F.pad(window, (missing, 0))
+        return torch.cat([previous[..., previous.shape[-1] - missing :], window], dim=-1)
+
+    def _segment_length(self, hidden_states: torch.Tensor) -> int:
+        """Time steps per segment of the PyTorch whole-sequence path: about `_SEGMENT_POSITIONS` positions (rows ×
+        steps), a whole number of chunks; the whole sequence where the carried state would lose precision (half
+        precision) or for the sequential reference scan."""
+        n, length = hidden_states.shape[:2]
+        if self.scan_implementation != "chunked" or scan_dtype(hidden_states.dtype) != hidden_states.dtype:
+            return length
+        return max(1, _SEGMENT_POSITIONS // (n * self.chunk_size)) * self.chunk_size
 
     def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gated RMS norm and output projection: y (..., heads, head_dim), z (..., inner) -> (..., hidden)."""
@@ -542,15 +577,49 @@ class VeltrixSelectiveSSM(nn.Module):
         Returns:
             output (N, L, hidden), conv state (N, conv_dim, conv_kernel - 1), SSM state (N, heads, head_dim, state).
         """
-        use_kernels = self.uses_cuda_kernels(hidden_states.device)
-        conv1d_fn = _contiguous_causal_conv1d_fn if use_kernels else torch_causal_conv1d_fn
-        chunk_scan = mamba_chunk_scan_combined if use_kernels else TORCH_SCANS[self.scan_implementation]
-        z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
-        conv_state = self._conv_state(xbc)
-        xbc = conv1d_fn(xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
-        x, B, C = self._split_xbc(xbc.transpose(1, 2))
-        y, ssm_state = chunk_scan(x, dt, A, B, C, self.chunk_size, D=self.D, return_final_states=True)
-        return self._output(y, z), conv_state, ssm_state.to(x.dtype)
+        if self.uses_cuda_kernels(hidden_states.device):
+            z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
+            conv_state = self._conv_state(xbc)
+            xbc = _contiguous_causal_conv1d_fn(
+                xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
+            )
+            x, B, C = self._split_xbc(xbc.transpose(1, 2))
+            y, ssm_state = mamba_chunk_scan_combined(
+                x, dt, A, B, C, self.chunk_size, D=self.D, return_final_states=True
+            )
+            return self._output(y, z), conv_state, ssm_state.to(x.dtype)
+        return self._torch_forward(hidden_states, gaps)
+
+    def _torch_forward(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` in PyTorch, over time segments of `_segment_length` steps that carry the conv and SSM states:
+        the in-projection's output and the scan's chunk states, several times the size of the input, then stay in
+        the CPU's cache instead of streaming through memory on long sequences. Segments are whole chunks, so the
+        chunks and their arithmetic are those of one pass over the whole sequence."""
+        chunk_scan = TORCH_SCANS[self.scan_implementation]
+        segment = self._segment_length(hidden_states)
+        conv_state = ssm_state = None
+        outputs = []
+        for start in range(0, hidden_states.shape[1], segment):
+            z, xbc, dt, A = self._ssm_inputs(
+                hidden_states[:, start : start + segment], gaps[:, start : start + segment]
+            )
+            convolved = torch_causal_conv1d_fn(
+                xbc.transpose(1, 2),
+                self.conv1d.weight[:, 0],
+                self.conv1d.bias,
+                initial_states=conv_state,
+                activation="silu",
+            )
+            conv_state = self._conv_state(xbc, conv_state)
+            x, B, C = self._split_xbc(convolved.transpose(1, 2))
+            y, ssm_state = chunk_scan(
+                x, dt, A, B, C, self.chunk_size, D=self.D, initial_states=ssm_state, return_final_states=True
+            )
+            outputs.append(self._output(y, z))
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return output, conv_state, ssm_state.to(hidden_states.dtype)
 
     def step(
         self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
@@ -558,9 +627,32 @@ class VeltrixSelectiveSSM(nn.Module):
         """One recurrent step (`causal_conv1d_update` and `selective_state_update`, or their PyTorch fallbacks):
         hidden (N, hidden), gaps (N,), states as returned by `forward`; returns the output (N, hidden) and new states
         (the given ones are left untouched, so a cache can be shared by branches)."""
-        use_kernels = not torch.is_grad_enabled() and self.uses_cuda_kernels(hidden_states.device)
-        conv1d_update = causal_conv1d_update if use_kernels else torch_causal_conv1d_update
-        state_update = selective_state_update if use_kernels else torch_selective_state_update
+        if not torch.is_grad_enabled() and self.uses_cuda_kernels(hidden_states.device):
+            return self._kernel_step(hidden_states, gaps, conv_state, ssm_state)
+        return self._torch_step(hidden_states, gaps, conv_state, ssm_state)
+
+    def _torch_step(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`step` in PyTorch: the computation of `torch_causal_conv1d_update` and `torch_selective_state_update`
+        (`ssd_step`), written out of place, so the caller's states are read once and never copied (a rollout step
+        is dominated by passes over the (N, heads, head_dim, state) SSM state, not by arithmetic)."""
+        z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
+        window = torch.cat([conv_state, xbc[..., None]], dim=-1)  # (N, conv_dim, conv_kernel)
+        xbc = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        x, B, C = self._split_xbc(xbc)
+        dtype = scan_dtype(x.dtype)
+        y, ssm_state = ssd_step(*(t.to(dtype) for t in (x, dt, A, B, C, ssm_state)))
+        y = torch.addcmul(y, x.to(dtype), self.D.to(dtype)[:, None])
+        # The new conv state is a view of the window (its last conv_kernel - 1 inputs): no copy.
+        return self._output(y.to(x.dtype), z), window[..., 1:], ssm_state.to(x.dtype)
+
+    def _kernel_step(
+        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`step` with the `causal_conv1d_update` and `selective_state_update` kernels, which update their states in
+        place."""
+        conv1d_update, state_update = causal_conv1d_update, selective_state_update
         z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
         # Both update their state in place; they get copies, so the caller's cache stays valid.
         conv_state, ssm_state = conv_state.clone(), ssm_state.clone()

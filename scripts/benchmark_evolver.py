@@ -11,8 +11,9 @@ Measures, interleaved in one process (median and min–max over repetitions afte
 - on the pendulum world, a small evolver trained at one frame rate and evaluated at twice that rate, and the effect
   of the Lyapunov-like stability regulariser far past the training window.
 Targets: tok_s_64k_over_1k, speedup_vs_hf_mamba2_mixer_16k, mixer_mfu_16k, speedup_vs_sdpa_64k,
-rollout_memory_growth_10k, error_ratio_double_rate. Writes JSON in the shape of BENCHMARKS.md; exits 0 whether or
-not the targets are met.
+rollout_step_speed_over_llama, rollout_memory_growth_10k, error_ratio_double_rate (issues 3 and 17; the ratios of two
+rates take their peaks over the same interleaved rounds). Writes JSON in the shape of BENCHMARKS.md; exits 0 whether
+or not the targets are met.
 """
 
 import argparse

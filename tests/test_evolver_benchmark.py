@@ -1,4 +1,4 @@
-"""scripts/benchmark_evolver.py --quick: the JSON has the shape of BENCHMARKS.md and every target of issue 3.
+"""scripts/benchmark_evolver.py --quick: the JSON has the shape of BENCHMARKS.md and every target of issues 3 and 17.
 
 Timings are not asserted (shared machines); what is asserted does not depend on them: equal parameter counts of
 the baseline, and the rollout memory that stays flat for the evolver while the KV cache grows.
@@ -19,6 +19,7 @@ TARGETS = {
     "speedup_vs_hf_mamba2_mixer_16k",
     "mixer_mfu_16k",
     "speedup_vs_sdpa_64k",
+    "rollout_step_speed_over_llama",
     "rollout_memory_growth_10k",
     "error_ratio_double_rate",
 }
@@ -44,6 +45,9 @@ def test_quick_benchmark_writes_every_target(tmp_path):
     results = report["results"]
     assert 0.9 <= results["model"]["parameters"]["ratio_llama_over_ours"] <= 1.1
     assert results["mixer"]["flops_per_token"]["total"] > 0
+    scaling = results["model"]["length_scaling"]
+    assert (scaling["from_length"], scaling["to_length"]) == (1024, 2048)
+    assert results["rollout"]["speed_ratio_of_peaks"] > 0
     growth = results["rollout"]["memory_growth"]
     assert growth["ours"] <= 1.05 < growth["sdpa_llama_kv_cache"]
     ours_memory = results["rollout"]["memory_by_horizon"]["ours"]

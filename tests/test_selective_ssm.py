@@ -114,3 +114,35 @@ def test_cached_constants_serve_autograd_after_inference_mode():
     y, _ = ssd_chunked_scan(*inputs, 12)
     y.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in inputs)
+
+
+def test_the_mixer_over_time_segments_matches_one_pass(monkeypatch):
+    """The PyTorch mixer runs long sequences in segments that carry the conv and SSM states: the same outputs and
+    final states as one pass and as the sequential reference, also with segments shorter than the conv window."""
+    from modeling_veltrix import selective_ssm
+    from modeling_veltrix.configuration_veltrix import VeltrixEvolverConfig
+
+    def mixer(scan_implementation: str) -> selective_ssm.VeltrixSelectiveSSM:
+        torch.manual_seed(0)
+        config = VeltrixEvolverConfig(
+            hidden_size=16,
+            state_size=4,
+            head_dim=4,
+            n_groups=1,
+            conv_kernel=4,
+            chunk_size=2,
+            scan_implementation=scan_implementation,
+        )
+        module = selective_ssm.VeltrixSelectiveSSM(config)
+        module.reset_ssm_parameters()
+        return module.double()
+
+    hidden, gaps = torch.randn(3, 11, 16, dtype=torch.float64), torch.rand(3, 11, dtype=torch.float64) + 0.5
+    chunked, sequential = mixer("chunked"), mixer("sequential")
+    whole = chunked(hidden, gaps)
+    monkeypatch.setattr(selective_ssm, "_SEGMENT_POSITIONS", 3 * 2)  # one chunk of 2 steps per segment
+    assert chunked._segment_length(hidden) == 2
+    segmented = chunked(hidden, gaps)
+    for expected, reference, actual in zip(whole, sequential(hidden, gaps), segmented, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(actual, reference, rtol=1e-8, atol=1e-8)
