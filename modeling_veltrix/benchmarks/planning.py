@@ -131,13 +131,15 @@ class PlanningBenchmarkSettings:
 class PlanningProblem:
     """One episode of a task, as the planners see it: context frames `(T, C, S, S)` in [-1, 1] with the actions
     `(T - 1, A)` that drove them, the goal frame `(C, S, S)`, the actions `(gap, A)` that reached the goal in the data,
-    and `start`, what the task's simulator restarts from."""
+    `start`, what the task's simulator restarts from, and where the searches start (`initial_actions (gap, A)`; None:
+    the centre of the bounds)."""
 
     context_frames: torch.Tensor
     context_actions: torch.Tensor
     goal_frame: torch.Tensor
     true_actions: torch.Tensor
     start: object
+    initial_actions: torch.Tensor | None = None
 
 
 class ReachTask:
@@ -226,6 +228,8 @@ class PushTTask:
                     frames[episode, step + self.gap],
                     actions[episode, step : step + self.gap],
                     index,
+                    # Push-T's actions are absolute agent targets: the searches start by holding the last target.
+                    actions[episode, step - 1].expand(self.gap, -1).clone(),
                 )
             )
         return problems
@@ -340,6 +344,7 @@ class VeltrixPlanner:
             context_actions=context_actions,
             goal_projection=self.project,
             initial_std=settings.initial_std,
+            initial_actions=None if problem.initial_actions is None else problem.initial_actions[None].to(goal),
         )
         return out.actions[0].double()
 
@@ -373,6 +378,7 @@ def plan_with_oracle(task, problem: PlanningProblem, settings: VeltrixPlannerSet
         action_bounds_tensors((-task.bound, task.bound), problem.true_actions.shape[-1], like),
         torch.Generator().manual_seed(seed),
         like,
+        None if problem.initial_actions is None else problem.initial_actions[None].to(like),
     )
     return search.run()[0][0]
 
