@@ -186,13 +186,13 @@ def action_objective(
 
 class ActionSearch:
     """The three searches over action sequences `(B, horizon, A)`, `settings.num_samples` candidates per context,
-    against any model `evaluate(actions (B·N, H, A)) -> (objectives (B·N,), trajectories (B·N, ...))`: the evolver
-    (`EvolverCandidates`) or, in the planning benchmark, the true simulator (CEM and MPPI; the gradient search needs
-    a differentiable model). Candidates of context b are rows `b·N … b·N + N − 1`."""
+    against any model `score_candidates(actions (B·N, H, A)) -> (objectives (B·N,), trajectories (B·N, ...))`: the
+    evolver (`EvolverCandidates`) or, in the planning benchmark, the true simulator (CEM and MPPI; the gradient search
+    needs a differentiable model). Candidates of context b are rows `b·N … b·N + N − 1`."""
 
     def __init__(
         self,
-        evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        score_candidates: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         batch_size: int,
         horizon: int,
         action_dim: int,
@@ -202,7 +202,12 @@ class ActionSearch:
         like: torch.Tensor,
         initial_actions: torch.Tensor | None = None,
     ):
-        self.evaluate, self.settings, self.bounds, self.generator = evaluate, settings, bounds, generator
+        self.score_candidates, self.settings, self.bounds, self.generator = (
+            score_candidates,
+            settings,
+            bounds,
+            generator,
+        )
         self.shape = (batch_size, settings.num_samples, horizon, action_dim)
         if bounds is None:
             center = like.new_zeros(action_dim)
@@ -258,7 +263,7 @@ class ActionSearch:
             candidates = mean[:, None] + std[:, None] * self.noise((b, n, h, a))
             candidates[:, 0] = mean  # the current mean competes too
             candidates = self.clamp(candidates).flatten(0, 1)
-            scores, trajectories = self.evaluate(candidates)
+            scores, trajectories = self.score_candidates(candidates)
             yield candidates, trajectories, scores
             grouped, per_context = candidates.view(b, n, h, a), scores.view(b, n).to(candidates.dtype)
             if settings.method == "cem":
@@ -280,7 +285,7 @@ class ActionSearch:
         optimizer = torch.optim.Adam([actions], lr=settings.learning_rate * float(self.scale.mean()))
         with torch.enable_grad():
             for _ in range(settings.num_iterations):
-                scores, trajectories = self.evaluate(actions)
+                scores, trajectories = self.score_candidates(actions)
                 yield actions.detach().clone(), trajectories.detach(), scores.detach()
                 (actions.grad,) = torch.autograd.grad(scores.sum(), actions)
                 optimizer.step()
