@@ -48,7 +48,7 @@ from .input_validation import (
     inputs_checked,
     same_device,
 )
-from .modulation import modulate
+from .modulation import modulate_with_gain
 from .sampling_head import VeltrixSamplingHead
 from .selective_ssm import VeltrixRMSNorm, VeltrixSelectiveSSM
 from .unit_mixing import UNIT_MIXER_CLASSES, VeltrixZeroInitLinear
@@ -111,33 +111,36 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         self.down_proj = nn.Linear(config.intermediate_size, hidden, bias=False)
         self.modulation = VeltrixZeroInitLinear(config.condition_size, 6 * hidden)
 
-    def _mix_units(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def _mix_units(self, h: torch.Tensor, shift: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         """h (B, T, U, H) -> residual update of the unit mixer."""
         b, t, u, hidden = h.shape
-        mixed = self.unit_mixer(modulate(self.mix_norm(h), shift, scale).reshape(b * t, u, hidden))
+        mixed = self.unit_mixer(modulate_with_gain(self.mix_norm(h), shift, gain).reshape(b * t, u, hidden))
         return mixed.reshape(b, t, u, hidden)
 
-    def _mlp(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(modulate(self.mlp_norm(h), shift, scale)).chunk(2, dim=-1)
+    def _mlp(self, h: torch.Tensor, shift: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(modulate_with_gain(self.mlp_norm(h), shift, gain)).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
     def _modulation(self, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """condition (B, T, C) -> six (B, T, 1, H) shift/scale tensors (or (B, C) -> six (B, 1, H))."""
-        return self.modulation(condition)[..., None, :].chunk(6, dim=-1)
+        """condition (B, T, C) -> the (shift, gain = 1 + scale) pairs of the unit mixer, the SSM and the MLP, six
+        (B, T, 1, H) tensors (or (B, C) -> six (B, 1, H)); the three gains are made by one addition."""
+        shifts, scales = self.modulation(condition).unflatten(-1, (3, 2, 1, -1)).unbind(-3)
+        (shift_mix, shift_ssm, shift_mlp), (gain_mix, gain_ssm, gain_mlp) = shifts.unbind(-3), (1 + scales).unbind(-3)
+        return shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp
 
     def forward(
         self, h: torch.Tensor, condition: torch.Tensor, gaps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h (B, T, U, H), condition (B, T, C), gaps (B, T) -> h, conv state, SSM state (batched over B·U). Every
         tensor is passed positionally, as gradient checkpointing needs."""
-        shift_mix, scale_mix, shift_ssm, scale_ssm, shift_mlp, scale_mlp = self._modulation(condition)
-        h = h + self._mix_units(h, shift_mix, scale_mix)
+        shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp = self._modulation(condition)
+        h = h + self._mix_units(h, shift_mix, gain_mix)
         b, t, u, hidden = h.shape
-        ssm_in = modulate(self.ssm_norm(h), shift_ssm, scale_ssm).transpose(1, 2).reshape(b * u, t, hidden)
+        ssm_in = modulate_with_gain(self.ssm_norm(h), shift_ssm, gain_ssm).transpose(1, 2).reshape(b * u, t, hidden)
         unit_gaps = gaps[:, None, :].expand(b, u, t).reshape(b * u, t)
         ssm_out, conv_state, ssm_state = self.ssm(ssm_in, unit_gaps)
         h = h + ssm_out.reshape(b, u, t, hidden).transpose(1, 2)
-        h = h + self._mlp(h, shift_mlp, scale_mlp)
+        h = h + self._mlp(h, shift_mlp, gain_mlp)
         return h, conv_state, ssm_state
 
     def step(
@@ -153,15 +156,15 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         MLP, which only the output needs (the states are advanced without it)."""
         # `forward`'s operations without its time axis (the same numbers, fewer reshapes): (B, 1, H) modulations
         # broadcast over the units.
-        shift_mix, scale_mix, shift_ssm, scale_ssm, shift_mlp, scale_mlp = self._modulation(condition)
-        h = h + self.unit_mixer(modulate(self.mix_norm(h), shift_mix, scale_mix))
+        shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp = self._modulation(condition)
+        h = h + self.unit_mixer(modulate_with_gain(self.mix_norm(h), shift_mix, gain_mix))
         b, u, hidden = h.shape
-        ssm_in = modulate(self.ssm_norm(h), shift_ssm, scale_ssm).view(b * u, hidden)
+        ssm_in = modulate_with_gain(self.ssm_norm(h), shift_ssm, gain_ssm).view(b * u, hidden)
         unit_gaps = gaps[:, None].expand(b, u).reshape(b * u)
         ssm_out, conv_state, ssm_state = self.ssm.step(ssm_in, unit_gaps, conv_state, ssm_state)
         h = h + ssm_out.view(b, u, hidden)
         if not skip_mlp:
-            h = h + self._mlp(h, shift_mlp, scale_mlp)
+            h = h + self._mlp(h, shift_mlp, gain_mlp)
         return h, conv_state, ssm_state
 
 

@@ -28,10 +28,14 @@ class VeltrixConvUnitMixer(nn.Module):
         self.pointwise = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, U, H) -> (N, U, H), with U = grid_size²."""
+        """x: (N, U, H) -> (N, U, H), with U = grid_size² units in row-major grid order."""
         n, u, h = x.shape
-        grid = x.transpose(1, 2).reshape(n, h, self.grid_size, self.grid_size)
-        mixed = self.depthwise(grid).reshape(n, h, u).transpose(1, 2)
+        # The units already lie channels-last on the grid: (N, rows, cols, H) permuted to (N, H, rows, cols) is a
+        # view, channels-last with a proper batch stride even at N = 1 (a transpose-then-reshape gives that size-1
+        # axis stride H, which sends oneDNN to its NCHW kernel with a copy in and out), and the channels-last output
+        # reads back as (N, U, H) without a copy.
+        grid = x.reshape(n, self.grid_size, self.grid_size, h).permute(0, 3, 1, 2)
+        mixed = self.depthwise(grid).permute(0, 2, 3, 1).reshape(n, u, h)
         return self.pointwise(F.gelu(mixed))
 
 
