@@ -110,6 +110,8 @@ class PlanningBenchmarkSettings:
                 f"`reach_bound` and `perturbation_scale` must be > 0, got {self.reach_bound} and "
                 f"{self.perturbation_scale}."
             )
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_samples:
+            raise ValueError(f"`top_k` must be an int in [1, num_samples={self.num_samples}], got {self.top_k!r}.")
         self.planner("cem").check()
         self.pusht_data.check()
 
