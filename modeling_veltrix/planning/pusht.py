@@ -671,22 +671,3 @@ def pusht_config_dict(config: PushTDataConfig) -> dict:
     values = asdict(config)
     values["push_length"] = list(values["push_length"])
     return values
-
-
-__all__ = [
-    "PushTDataConfig",
-    "PushTExplorationPolicy",
-    "PushTSimulator",
-    "SUCCESS_ANGLE_THRESHOLD",
-    "SUCCESS_POSITION_THRESHOLD",
-    "collect_pusht_episodes",
-    "denormalise_pusht_actions",
-    "normalise_pusht_actions",
-    "pusht_config_dict",
-    "pusht_exploration_stats",
-    "pusht_success",
-    "pusht_success_batch",
-    "read_pusht_npz",
-    "sample_pusht_episodes",
-    "write_pusht_npz",
-]
