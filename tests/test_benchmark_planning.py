@@ -40,11 +40,15 @@ def test_quick_run_reports_both_tasks_and_every_target(quick_run):
     ]
     for task in ("reach", "pusht"):
         result = report["results"][task]
-        assert set(result["success_rate"]) == SUCCESS_KEYS
+        # Closed-loop CEM runs where the environment can be stepped: the reach task's world.
+        closed_loop = {"veltrix_cem_mpc"} if task == "reach" else set()
+        assert set(result["success_rate"]) == SUCCESS_KEYS | closed_loop
         assert all(0.0 <= rate <= 1.0 for rate in result["success_rate"].values())
-        assert set(result["ms_per_plan_evaluation_budget"]) == {"cem", "mppi", "gradient"}
+        methods = {"cem", "mppi", "gradient"} | ({"cem_mpc"} if closed_loop else set())
+        assert set(result["ms_per_plan_evaluation_budget"]) == methods
         assert result["ms_per_plan_cem_timing_budget"]["median"] > 0
-        assert set(result["median_final_distance"]) == SUCCESS_KEYS
+        assert set(result["median_final_distance"]) == SUCCESS_KEYS | closed_loop
+        assert ("closed_loop" in result["budget"]) == bool(closed_loop)
         assert 0.0 <= result["landscape"]["true_actions_score_best"] <= 1.0
         assert result["num_episodes"] == 2
     assert (output.parent / "report_runs" / "pusht" / "pusht.npz").exists()
@@ -67,6 +71,8 @@ def test_a_rerun_reloads_the_trained_models(quick_run):
         ({"num_episodes": 0}, "num_episodes"),
         ({"top_k": 400}, "top_k"),
         ({"reach_bound": -1.0}, "reach_bound"),
+        ({"replan_every": 0}, "replan_every"),
+        ({"replan_every": 26}, "replan_every"),
     ],
 )
 def test_bad_settings_raise_a_value_error_naming_them(values, message):

@@ -10,11 +10,20 @@ remaining steps (at most `horizon`).
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from ..input_validation import CLOCK_DTYPE, check_count, inputs_checked
-from ..pipeline_veltrix import VeltrixPipeline
+from ..modeling_veltrix_encoder import VeltrixEncoderModel
+from ..modeling_veltrix_evolver import VeltrixEvolverModel
+
+
+class PlanningModels(Protocol):
+    """What closed-loop planning reads: an encoder and an evolver (a `VeltrixPipeline` has both)."""
+
+    encoder: VeltrixEncoderModel
+    evolver: VeltrixEvolverModel
 
 
 @dataclass
@@ -35,7 +44,7 @@ class MPCResult:
 
 @torch.no_grad()
 def run_mpc(
-    pipeline: VeltrixPipeline,
+    pipeline: PlanningModels,
     context_frames: torch.Tensor,
     goal: torch.Tensor,
     environment_step: Callable[[torch.Tensor], torch.Tensor],
@@ -48,7 +57,7 @@ def run_mpc(
     """Drives an environment to `goal` in `num_steps` steps by replanning every `replan_every` steps.
 
     Args:
-        pipeline: a Veltrix pipeline whose evolver takes actions.
+        pipeline: a Veltrix pipeline (or anything with an `encoder` and an `evolver`) whose evolver takes actions.
         context_frames: `(1, T, C, H, W)` the frames observed so far, in [-1, 1], one step of the evolver's
             `dt_reference` apart (so are the planned steps).
         goal: `(1, C, H, W)` the goal frame, or goal states `(1, U, D)`.
