@@ -350,8 +350,25 @@ class VeltrixPlanner:
     def project(self, units: torch.Tensor) -> torch.Tensor:
         return self.encoder.frame_subspace(units.to(self.encoder.dtype))
 
+    def search_arguments(self, settings: VeltrixPlannerSettings, seed: int) -> dict:
+        """The search's keyword arguments of `evolver.plan` (and `run_mpc`) for `settings`, seeded by `seed`."""
+        return {
+            "method": settings.method,
+            "num_samples": settings.num_samples,
+            "num_iterations": settings.num_iterations,
+            "top_k": settings.top_k,
+            "action_bounds": (-self.bound, self.bound),
+            "generator": torch.Generator().manual_seed(seed),
+            "initial_std": settings.initial_std,
+        }
+
     def plan_closed_loop(
-        self, problem: PlanningProblem, settings: VeltrixPlannerSettings, step, replan_every: int, seed: int
+        self,
+        problem: PlanningProblem,
+        settings: VeltrixPlannerSettings,
+        step: Callable[[torch.Tensor], torch.Tensor],
+        replan_every: int,
+        seed: int,
     ) -> torch.Tensor:
         """Model-predictive control (`planning.mpc.run_mpc`): plan to the goal's time, apply `replan_every` actions
         in the environment (`step`), observe, replan from the carried cache; returns the applied actions."""
@@ -363,13 +380,7 @@ class VeltrixPlanner:
             len(problem.true_actions),
             replan_every=replan_every,
             context_actions=problem.context_actions[None].to(self.evolver.dtype),
-            method=settings.method,
-            num_samples=settings.num_samples,
-            num_iterations=settings.num_iterations,
-            top_k=settings.top_k,
-            action_bounds=(-self.bound, self.bound),
-            generator=torch.Generator().manual_seed(seed),
-            initial_std=settings.initial_std,
+            **self.search_arguments(settings, seed),
         )
         return result.actions.double()
 
@@ -379,15 +390,9 @@ class VeltrixPlanner:
             context,
             goal,
             horizon,
-            method=settings.method,
-            num_samples=settings.num_samples,
-            num_iterations=settings.num_iterations,
-            top_k=settings.top_k,
-            action_bounds=(-self.bound, self.bound),
-            generator=torch.Generator().manual_seed(seed),
             context_actions=context_actions,
             goal_projection=self.project,
-            initial_std=settings.initial_std,
+            **self.search_arguments(settings, seed),
             initial_actions=None if problem.initial_actions is None else problem.initial_actions[None].to(goal),
         )
         return out.actions[0].double()
