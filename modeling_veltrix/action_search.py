@@ -160,10 +160,14 @@ class EvolverCandidates:
         self.goal = self.project(goal)[rows]
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
-        """Candidates `(B·N, H, A)` -> their predicted states `(B·N, H, U, D)`, from the shared cache."""
+        """Candidates `(B·N, H, A)` -> their predicted states `(B·N, H, U, D)`, from the shared cache (which the first
+        step copies; without gradients, later steps update that copy in place)."""
         state, cache, states = self.start_units, self.cache, []
+        in_place = not torch.is_grad_enabled()
         for k in range(self.horizon):
-            state, cache = self.evolver._step(state, cache, self.times[k], self.times[k + 1], actions[:, k])
+            state, cache = self.evolver._step(
+                state, cache, self.times[k], self.times[k + 1], actions[:, k], in_place=in_place and k > 0
+            )
             states.append(state)
         return torch.stack(states, dim=1)
 

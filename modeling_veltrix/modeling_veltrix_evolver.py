@@ -151,9 +151,11 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         conv_state: torch.Tensor,
         ssm_state: torch.Tensor,
         skip_mlp: bool = False,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U. `skip_mlp` leaves out the
-        MLP, which only the output needs (the states are advanced without it)."""
+        MLP, which only the output needs (the states are advanced without it); `in_place` updates the given states
+        in place (`VeltrixSelectiveSSM.step`)."""
         # `forward`'s operations without its time axis (the same numbers, fewer reshapes): (B, 1, H) modulations
         # broadcast over the units.
         shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp = self._modulation(condition)
@@ -161,7 +163,7 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         b, u, hidden = h.shape
         ssm_in = modulate_with_gain(self.ssm_norm(h), shift_ssm, gain_ssm).view(b * u, hidden)
         unit_gaps = gaps[:, None].expand(b, u).reshape(b * u)
-        ssm_out, conv_state, ssm_state = self.ssm.step(ssm_in, unit_gaps, conv_state, ssm_state)
+        ssm_out, conv_state, ssm_state = self.ssm.step(ssm_in, unit_gaps, conv_state, ssm_state, in_place)
         h = h + ssm_out.view(b, u, hidden)
         if not skip_mlp:
             h = h + self._mlp(h, shift_mlp, gain_mlp)
@@ -870,12 +872,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         history: torch.Tensor | None = None,
         predict: bool = True,
         noise: torch.Tensor | None = None,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
         """`step` without input checks (rollouts check their inputs once) and without the memory's recall. With
         `engram`, `history` (B, max_order) holds the codes up to this step's (the parametric memory reads it, the
         cache keeps it). `predict=False` only advances the recurrent state: the last layer's MLP and the head, which
         only the prediction needs, are skipped, and None is returned in its place. With `noise` (B, U, D), the
-        stochastic head samples the prediction from it."""
+        stochastic head samples the prediction from it. `in_place` (without gradients): the caller gives `cache` up,
+        and its states are updated in place into the returned cache (nothing state-sized is allocated per step)."""
         reference = self.config.dt_reference
         gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
         step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
@@ -890,7 +894,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             if memory is not None and engram.injects_into(index):
                 hidden = hidden + engram.inject(index, hidden[:, None], memory)[:, 0]
             skip_mlp = not predict and index == last
-            hidden, conv_state, ssm_state = layer.step(hidden, condition, gaps, conv_state, ssm_state, skip_mlp)
+            hidden, conv_state, ssm_state = layer.step(
+                hidden, condition, gaps, conv_state, ssm_state, skip_mlp, in_place
+            )
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
         cache = VeltrixEvolverCache(conv_states, ssm_states, timestamp, history)

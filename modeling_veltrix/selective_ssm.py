@@ -117,6 +117,7 @@ def ssd_step(
     B: torch.Tensor,
     C: torch.Tensor,
     state: torch.Tensor,
+    in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrence step.
 
@@ -126,6 +127,7 @@ def ssd_step(
         A: (h,) negative decay rates.
         B, C: (b, g, n) input and output projections.
         state: (b, h, p, n) state before the step.
+        in_place: update `state` in place and return it (the caller gives it up), instead of making a new one.
 
     Returns:
         y: (b, h, p) and the new state (b, h, p, n).
@@ -134,6 +136,12 @@ def ssd_step(
     g, n = B.shape[-2:]
     q = (h // g) * p
     decay = torch.exp(dt * A)  # (b, h)
+    if in_place:
+        # No allocation of a fresh state per step (on CPU, writing fresh pages costs more than the arithmetic).
+        x_dt = x * dt[..., None]
+        state.mul_(decay[..., None, None]).addcmul_(x_dt[..., None], B.repeat_interleave(h // g, dim=1)[:, :, None])
+        y = torch.matmul(C[:, :, None, :], state.reshape(b, g, q, n).transpose(-1, -2)).view(b, h, p)
+        return y, state
     # The new state is made in (b, n, h, p) memory order and returned as a (b, h, p, n) view of it: the outer
     # product dt·x ⊗ B then runs its inner loop over a group's h/g·p channels instead of the n state entries (on CPU
     # several times faster for small n), and the decayed old state is accumulated into it in place, so the state is
@@ -624,45 +632,73 @@ class VeltrixSelectiveSSM(nn.Module):
         return output, conv_state, ssm_state.to(hidden_states.dtype)
 
     def step(
-        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        gaps: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: torch.Tensor,
+        in_place: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One recurrent step (`causal_conv1d_update` and `selective_state_update`, or their PyTorch fallbacks):
-        hidden (N, hidden), gaps (N,), states as returned by `forward`; returns the output (N, hidden) and new states
-        (the given ones are left untouched, so a cache can be shared by branches)."""
+        hidden (N, hidden), gaps (N,), states as returned by `forward`; returns the output (N, hidden) and new states.
+        The given states are left untouched, so a cache can be shared by branches, unless `in_place`: then the caller
+        gives them up and they are updated in place and returned (no state is allocated; without gradients only)."""
+        if in_place and torch.is_grad_enabled():
+            raise ValueError("`in_place` overwrites states that backpropagation needs: step without gradients.")
         if not torch.is_grad_enabled() and self.uses_cuda_kernels(hidden_states.device):
-            return self._kernel_step(hidden_states, gaps, conv_state, ssm_state)
-        return self._torch_step(hidden_states, gaps, conv_state, ssm_state)
+            return self._kernel_step(hidden_states, gaps, conv_state, ssm_state, in_place)
+        return self._torch_step(hidden_states, gaps, conv_state, ssm_state, in_place)
 
     def _torch_step(
-        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        gaps: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: torch.Tensor,
+        in_place: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`step` in PyTorch: the computation of `torch_causal_conv1d_update` and `torch_selective_state_update`
-        (`ssd_step`), written out of place, so the caller's states are read once and never copied (a rollout step
-        is dominated by passes over the (N, heads, head_dim, state) SSM state, not by arithmetic)."""
+        (`ssd_step`). Out of place, the caller's states are read once and never copied (a rollout step is dominated by
+        passes over the (N, heads, head_dim, state) SSM state, not by arithmetic); in place, nothing state-sized is
+        allocated."""
         z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
-        window = torch.cat([conv_state, xbc[..., None]], dim=-1)  # (N, conv_dim, conv_kernel)
+        if in_place:
+            columns = [*conv_state.unbind(-1), xbc]
+        else:
+            window = torch.cat([conv_state, xbc[..., None]], dim=-1)  # (N, conv_dim, conv_kernel)
+            columns = window.unbind(-1)
         # The depthwise product as a sum of channel-scaled columns (a reduction over the short last axis is slow).
         weight = self.conv1d.weight[:, 0]
-        convolved = torch.addcmul(self.conv1d.bias, window[..., 0], weight[:, 0])
+        convolved = torch.addcmul(self.conv1d.bias, columns[0], weight[:, 0])
         for k in range(1, self.conv_kernel):
-            convolved.addcmul_(window[..., k], weight[:, k])
+            convolved.addcmul_(columns[k], weight[:, k])
+        if in_place:
+            for older, newer in zip(columns[:-2], columns[1:-1], strict=True):
+                older.copy_(newer)
+            columns[-2].copy_(xbc)
+        else:
+            conv_state = window[..., 1:]  # the new conv state is a view of the window: no copy
         xbc = F.silu(convolved)
         x, B, C = self._split_xbc(xbc)
         dtype = scan_dtype(x.dtype)
-        y, ssm_state = ssd_step(*(t.to(dtype) for t in (x, dt, A, B, C, ssm_state)))
+        y, ssm_state = ssd_step(*(t.to(dtype) for t in (x, dt, A, B, C, ssm_state)), in_place=in_place)
         y = torch.addcmul(y, x.to(dtype), self.D.to(dtype)[:, None])
-        # The new conv state is a view of the window (its last conv_kernel - 1 inputs): no copy.
-        return self._output(y.to(x.dtype), z), window[..., 1:], ssm_state.to(x.dtype)
+        return self._output(y.to(x.dtype), z), conv_state, ssm_state.to(x.dtype)
 
     def _kernel_step(
-        self, hidden_states: torch.Tensor, gaps: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        gaps: torch.Tensor,
+        conv_state: torch.Tensor,
+        ssm_state: torch.Tensor,
+        in_place: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`step` with the `causal_conv1d_update` and `selective_state_update` kernels, which update their states in
         place."""
         conv1d_update, state_update = causal_conv1d_update, selective_state_update
         z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
-        # Both update their state in place; they get copies, so the caller's cache stays valid.
-        conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
+        if not in_place:  # the kernels get copies, so the caller's cache stays valid
+            conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
         xbc = conv1d_update(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         x, B, C = self._split_xbc(xbc)
         heads, head_dim, state_size = self.num_heads, self.head_dim, self.state_size

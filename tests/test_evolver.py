@@ -62,6 +62,30 @@ def test_cache_and_steps_equal_full_forward(mixer):
     torch.testing.assert_close(torch.stack(predictions, 1), full[:, 4:10], rtol=0, atol=1e-10)
 
 
+def test_in_place_steps_equal_steps_that_leave_the_cache_intact():
+    model = make_model()
+    units, timestamps, actions = trajectory()
+    prefix = model(
+        units[:, :5], timestamps[:, :5], actions[:, :5], prediction_timestamps=timestamps[:, 1:6], use_cache=True
+    )
+    kept = [state.clone() for state in prefix.cache.ssm_states + prefix.cache.conv_states]
+    with torch.no_grad():
+        _, cache = model._step(units[:, 5], prefix.cache, timestamps[:, 5], timestamps[:, 6], actions[:, 5])
+        for t in range(6, 9):
+            predicted, cache = model._step(units[:, t], cache, timestamps[:, t], timestamps[:, t + 1], actions[:, t])
+        _, owned = model._step(units[:, 5], prefix.cache, timestamps[:, 5], timestamps[:, 6], actions[:, 5])
+        given = owned.ssm_states + owned.conv_states
+        for t in range(6, 9):
+            in_place, owned = model._step(
+                units[:, t], owned, timestamps[:, t], timestamps[:, t + 1], actions[:, t], in_place=True
+            )
+    torch.testing.assert_close(in_place, predicted, rtol=0, atol=1e-10)
+    assert all(a is b for a, b in zip(owned.ssm_states + owned.conv_states, given, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(prefix.cache.ssm_states + prefix.cache.conv_states, kept, strict=True))
+    with pytest.raises(ValueError, match="in_place"):
+        model._step(units[:, 9], owned, timestamps[:, 9], timestamps[:, 10], actions[:, 9], in_place=True)
+
+
 def test_rollout_equals_feeding_predictions_back():
     model = make_model()
     units, timestamps, actions = trajectory()

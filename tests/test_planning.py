@@ -203,8 +203,58 @@ def test_mpc_replans_with_the_carried_cache_and_one_plan_equals_the_open_loop_pl
     torch.testing.assert_close(open_loop.actions, direct.actions[0])
     with pytest.raises(ValueError, match="replan_every"):
         run_mpc(tiny_pipeline, frames, goal, environment, num_steps=3, replan_every=4)
+    with pytest.raises(ValueError, match="initial_actions"):
+        run_mpc(tiny_pipeline, frames, goal, environment, num_steps=3, initial_actions=torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="warm_start"):
+        run_mpc(tiny_pipeline, frames, goal, environment, num_steps=3, warm_start="yes")
     with pytest.raises(ValueError, match="environment_step"):
         run_mpc(tiny_pipeline, frames, goal, lambda a: torch.zeros(1), num_steps=2, **settings)
+
+
+class RecordingSearch:
+    """Wraps `evolver.plan` and records where each search started (`initial_actions`) and what it returned."""
+
+    def __init__(self, evolver):
+        self.plan, self.starts, self.plans = evolver.plan, [], []
+
+    def __call__(self, *args, initial_actions=None, **kwargs):
+        self.starts.append(None if initial_actions is None else initial_actions.clone())
+        out = self.plan(*args, initial_actions=initial_actions, **kwargs)
+        self.plans.append(out.actions.clone())
+        return out
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_mpc_starts_each_search_from_the_given_actions_or_the_previous_plan(tiny_pipeline, monkeypatch, warm_start):
+    frames, goal = random_frames(batch=1, steps=3), random_frames(batch=1, steps=1, seed=5)[:, 0]
+    initial = torch.linspace(-1, 1, 5 * 2).view(1, 5, 2)
+    search = RecordingSearch(tiny_pipeline.evolver)
+    monkeypatch.setattr(tiny_pipeline.evolver, "plan", search)
+    run_mpc(
+        tiny_pipeline,
+        frames,
+        goal,
+        RecordingEnvironment(),
+        num_steps=5,
+        horizon=4,
+        replan_every=2,
+        initial_actions=initial,
+        warm_start=warm_start,
+        num_samples=8,
+        num_iterations=1,
+        top_k=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert [start.shape[1] for start in search.starts] == [4, 3, 1]
+    torch.testing.assert_close(search.starts[0], initial[:, :4])
+    if warm_start:
+        # The second plan (3 steps) starts from the first plan's 2 unapplied actions, the last one held once more.
+        first = search.plans[0]
+        torch.testing.assert_close(search.starts[1], torch.cat([first[:, 2:], first[:, 3:]], dim=1))
+        torch.testing.assert_close(search.starts[2], search.plans[1][:, 2:])
+    else:
+        torch.testing.assert_close(search.starts[1], initial[:, 2:5])
+        torch.testing.assert_close(search.starts[2], initial[:, 4:])
 
 
 def test_reach_episodes_are_reached_by_their_own_actions_and_by_the_oracle_planner():

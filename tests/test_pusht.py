@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("gym_pusht")
 
@@ -217,6 +218,24 @@ def test_sampled_true_actions_reach_the_goal_from_the_first_frame(episodes, simu
     final = simulator.rollout(pairs["start_states"], pairs["actions"], pairs["start_velocities"])[:, -1]
     assert pusht_success_batch(final, pairs["goal_states"]).all()
     np.testing.assert_array_equal(final, pairs["goal_states"])
+
+
+def test_the_benchmark_steps_the_simulator_in_parts_and_renders_what_the_data_recorded(episodes):
+    """Closed-loop planning steps Push-T a few actions at a time: replayed from the episode's start, the true actions
+    give the recorded frames (in [-1, 1]) wherever the agent is out of contact."""
+    from modeling_veltrix.benchmarks.planning import PlanningBenchmarkSettings, PushTTask
+
+    settings = PlanningBenchmarkSettings(num_episodes=2, gap=5, pusht_data=CONFIG)
+    task = PushTTask(settings, episodes, held_out=(0, 1), context=2)
+    for problem in task.problems():
+        step = task.environment_step(problem)
+        frames = torch.cat([step(problem.true_actions[:2]), step(problem.true_actions[2:])])
+        assert frames.shape == (5, 3, CONFIG.image_size, CONFIG.image_size)
+        episode, start = task.sampled["episode_indices"][problem.start], task.sampled["start_steps"][problem.start]
+        recorded = torch.from_numpy(episodes["frames"][episode, start + 1 : start + 6]).permute(0, 3, 1, 2) / 127.5 - 1
+        apart = torch.from_numpy(~episodes["contacts"][episode, start + 1 : start + 6])
+        torch.testing.assert_close(frames[apart], recorded[apart].float(), rtol=0, atol=1e-6)
+        assert task.outcome(problem, problem.true_actions)[0]
 
 
 @pytest.mark.parametrize(

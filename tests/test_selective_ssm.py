@@ -53,6 +53,18 @@ def test_steps_continue_a_chunked_prefix():
     torch.testing.assert_close(state, state_full, rtol=0, atol=1e-10)
 
 
+def test_in_place_steps_equal_steps_that_make_new_states():
+    x, dt, A, B, C, initial = random_problem(2, 3, 6, 4, 2, torch.float64)
+    state, owned = initial, initial.clone()
+    for t in range(6):
+        y, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state)
+        y_in_place, updated = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], owned, in_place=True)
+        assert updated is owned  # the given state was updated, nothing state-sized was made
+        torch.testing.assert_close(y_in_place, y, rtol=0, atol=1e-12)
+        torch.testing.assert_close(owned, state, rtol=0, atol=1e-12)
+        owned = state.clone() if t == 2 else owned  # also from a state in the out-of-place step's memory order
+
+
 def test_recurrence_by_hand():
     """One head, one channel, state size one: h_t = exp(dt A) h_{t-1} + dt x B, y = C h."""
     x = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64).reshape(1, 3, 1, 1)

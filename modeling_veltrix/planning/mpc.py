@@ -52,6 +52,8 @@ def run_mpc(
     horizon: int | None = None,
     replan_every: int = 1,
     context_actions: torch.Tensor | None = None,
+    initial_actions: torch.Tensor | None = None,
+    warm_start: bool = False,
     **plan_settings,
 ) -> MPCResult:
     """Drives an environment to `goal` in `num_steps` steps by replanning every `replan_every` steps.
@@ -67,6 +69,10 @@ def run_mpc(
         horizon: the most steps one plan looks ahead (default: `num_steps`).
         replan_every: how many of each plan's actions are applied before the next plan (>= 1).
         context_actions: `(1, T - 1, A)` the actions that drove the context.
+        initial_actions: `(1, num_steps, A)` where the searches start, per step until the goal (default: the centre
+            of the action bounds); each replan starts from the steps it plans.
+        warm_start: replans start from the previous plan's actions that were not applied (its last one held where
+            the new plan looks further ahead) instead of `initial_actions`; the first plan still starts there.
         **plan_settings: `method`, `num_samples`, `num_iterations`, `top_k`, `action_bounds`, `action_cost`,
             `generator` and the search settings of `VeltrixEvolverModel.plan`.
     """
@@ -75,6 +81,8 @@ def run_mpc(
     horizon = num_steps if horizon is None else horizon
     check_count("horizon", horizon, 100_000)
     check_count("replan_every", replan_every, num_steps)
+    if not isinstance(warm_start, bool):
+        raise ValueError(f"`warm_start` must be a bool, got {warm_start!r}.")
     if not callable(environment_step):
         raise ValueError(f"`environment_step` must be callable, got {type(environment_step).__name__}.")
     encoder.check_pixel_values(context_frames)
@@ -86,6 +94,8 @@ def run_mpc(
     with inputs_checked():
         units = encoder(context_frames).units.to(evolver.dtype)
         goal_units = encoder(goal[:, None]).units[:, 0].to(evolver.dtype) if goal.dim() == 4 else goal
+    if initial_actions is not None:
+        evolver._check_actions("initial_actions", initial_actions, (1, num_steps))
     cache = evolver.prefill(units, actions=context_actions)
     state = units[:, -1]
     interval = evolver.config.dt_reference
@@ -103,11 +113,18 @@ def run_mpc(
             cache=cache,
             timestamps=times,
             goal_projection=lambda x: encoder.frame_subspace(x.to(encoder.dtype)),
+            initial_actions=None if initial_actions is None else initial_actions[:, :steps],
             **plan_settings,
         )
         seconds.append(time.perf_counter() - started)
         objectives.append(plan.objective_per_iteration[0])
         actions = plan.actions[0, : min(replan_every, steps)]
+        if warm_start:
+            remaining = plan.actions[:, len(actions) :]
+            held = (remaining if remaining.shape[1] else plan.actions)[:, -1:]
+            initial_actions = torch.cat([remaining, held.expand(-1, num_steps - done - steps, -1)], dim=1)
+        elif initial_actions is not None:
+            initial_actions = initial_actions[:, len(actions) :]
         frames = environment_step(actions)
         if not isinstance(frames, torch.Tensor) or tuple(frames.shape) != (len(actions), *frame_shape):
             found = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
