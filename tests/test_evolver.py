@@ -195,6 +195,9 @@ def test_rollout_stream_equals_rollout():
     stream = list(model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9]))
     torch.testing.assert_close(torch.stack([s for _, s in stream], 1), rollout.units, rtol=0, atol=0)
     torch.testing.assert_close(torch.stack([t for t, _ in stream], 1), rollout.timestamps, rtol=0, atol=0)
+    with torch.no_grad():  # without gradients the stream updates its cache in place after the first step
+        in_place = list(model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9]))
+    torch.testing.assert_close(torch.stack([s for _, s in in_place], 1), rollout.units, rtol=0, atol=1e-12)
 
 
 def test_single_context_step_matches_forward():
