@@ -136,22 +136,23 @@ def ssd_step(
     g, n = B.shape[-2:]
     q = (h // g) * p
     decay = torch.exp(dt * A)  # (b, h)
+    x_dt = x * dt[..., None]
+    # Both ways compute decay · state, then add dt·x ⊗ B to it (the same roundings: in place or not, the numbers are
+    # equal). Out of place, the new state is made in (b, n, h, p) memory order and returned as a (b, h, p, n) view of
+    # it: the outer product then runs its inner loop over a group's h/g·p channels instead of the n state entries (on
+    # CPU several times faster for small n), and the old state is read once. In place (the caller gives `state` up),
+    # nothing state-sized is allocated: on CPU, writing fresh pages costs more than the arithmetic.
     if in_place:
-        # No allocation of a fresh state per step (on CPU, writing fresh pages costs more than the arithmetic).
-        x_dt = x * dt[..., None]
-        state.mul_(decay[..., None, None]).addcmul_(x_dt[..., None], B.repeat_interleave(h // g, dim=1)[:, :, None])
-        y = torch.matmul(C[:, :, None, :], state.reshape(b, g, q, n).transpose(-1, -2)).view(b, h, p)
-        return y, state
-    # The new state is made in (b, n, h, p) memory order and returned as a (b, h, p, n) view of it: the outer
-    # product dt·x ⊗ B then runs its inner loop over a group's h/g·p channels instead of the n state entries (on CPU
-    # several times faster for small n), and the decayed old state is accumulated into it in place, so the state is
-    # read once and written once. A state in that order (every state this function returns) is read with unit stride.
-    x_dt = (x * dt[..., None]).reshape(b, 1, g, q)
-    new_state = (x_dt * B.transpose(1, 2)[..., None]).reshape(b, n, h, p)  # a copy only with several groups
-    new_state.addcmul_(state.permute(0, 3, 1, 2), decay[:, None, :, None])
+        new_state = state.mul_(decay[..., None, None])
+        by_entry = new_state.permute(0, 3, 1, 2)  # (b, n, h, p)
+    else:
+        # (a copy into that order only when `state` is not in it yet: a state from the chunked scan)
+        by_entry = (state.permute(0, 3, 1, 2) * decay[:, None, :, None]).contiguous()
+        new_state = by_entry.permute(0, 2, 3, 1)
+    by_entry.unflatten(2, (g, h // g)).addcmul_(x_dt.view(b, 1, g, h // g, p), B.transpose(1, 2)[..., None, None])
     # y = C · state per group: one (1 × n) @ (n × h/g·p) product per row and group.
-    y = torch.matmul(C[:, :, None, :], new_state.view(b, n, g, q).transpose(1, 2)).view(b, h, p)
-    return y, new_state.permute(0, 2, 3, 1)
+    y = torch.matmul(C[:, :, None, :], by_entry.reshape(b, n, g, q).transpose(1, 2)).view(b, h, p)
+    return y, new_state
 
 
 def ssd_sequential_scan(

@@ -79,7 +79,7 @@ def test_in_place_steps_equal_steps_that_leave_the_cache_intact():
             in_place, owned = model._step(
                 units[:, t], owned, timestamps[:, t], timestamps[:, t + 1], actions[:, t], in_place=True
             )
-    torch.testing.assert_close(in_place, predicted, rtol=0, atol=1e-10)
+    torch.testing.assert_close(in_place, predicted, rtol=0, atol=0)
     assert all(a is b for a, b in zip(owned.ssm_states + owned.conv_states, given, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(prefix.cache.ssm_states + prefix.cache.conv_states, kept, strict=True))
     with pytest.raises(ValueError, match="in_place"):
@@ -197,7 +197,7 @@ def test_rollout_stream_equals_rollout():
     torch.testing.assert_close(torch.stack([t for t, _ in stream], 1), rollout.timestamps, rtol=0, atol=0)
     with torch.no_grad():  # without gradients the stream updates its cache in place after the first step
         in_place = list(model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9]))
-    torch.testing.assert_close(torch.stack([s for _, s in in_place], 1), rollout.units, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.stack([s for _, s in in_place], 1), rollout.units, rtol=0, atol=0)
 
 
 def test_single_context_step_matches_forward():

@@ -60,8 +60,8 @@ def test_in_place_steps_equal_steps_that_make_new_states():
         y, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state)
         y_in_place, updated = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], owned, in_place=True)
         assert updated is owned  # the given state was updated, nothing state-sized was made
-        torch.testing.assert_close(y_in_place, y, rtol=0, atol=1e-12)
-        torch.testing.assert_close(owned, state, rtol=0, atol=1e-12)
+        torch.testing.assert_close(y_in_place, y, rtol=0, atol=0)
+        torch.testing.assert_close(owned, state, rtol=0, atol=0)
         owned = state.clone() if t == 2 else owned  # also from a state in the out-of-place step's memory order
 
 
