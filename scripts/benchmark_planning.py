@@ -1,7 +1,7 @@
 """Plan with the world model: goal-conditioned action search on the built-in reach task and on Push-T.
 
-    python scripts/benchmark_planning.py --output runs/planning.json            # both tasks (about an hour, 2 cores)
-    python scripts/benchmark_planning.py --output /tmp/planning.json --quick    # the whole script on tiny settings
+    python scripts/benchmark_planning.py --output runs/planning.json          # both tasks, ~70 min on 2 cores
+    python scripts/benchmark_planning.py --output /tmp/planning.json --quick  # the whole script on tiny settings
 
 Per task it trains (or loads, from `--output-dir`, default `<output>_runs/`) the encoder and evolver: the reach task
 with `configuration/veltrix-tiny-reach` (32×32 frames, 16 units per frame, a 75k-parameter evolver trained on 25-step
