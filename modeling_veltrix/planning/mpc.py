@@ -70,7 +70,7 @@ def run_mpc(
         replan_every: how many of each plan's actions are applied before the next plan (>= 1).
         context_actions: `(1, T - 1, A)` the actions that drove the context.
         initial_actions: `(1, num_steps, A)` where the searches start, per step until the goal (default: the centre
-            of the action bounds); each replan starts from the steps it plans.
+            of the action bounds); a plan of `k` steps starts from the next `k` of them.
         warm_start: replans start from the previous plan's actions that were not applied (its last one held where
             the new plan looks further ahead) instead of `initial_actions`; the first plan still starts there.
         **plan_settings: `method`, `num_samples`, `num_iterations`, `top_k`, `action_bounds`, `action_cost`,
@@ -91,11 +91,11 @@ def run_mpc(
     frame_shape = tuple(context_frames.shape[2:])
     if goal.dim() == 4:
         encoder.check_pixel_values(goal[:, None])
+    if initial_actions is not None:
+        evolver._check_actions("initial_actions", initial_actions, (1, num_steps))
     with inputs_checked():
         units = encoder(context_frames).units.to(evolver.dtype)
         goal_units = encoder(goal[:, None]).units[:, 0].to(evolver.dtype) if goal.dim() == 4 else goal
-    if initial_actions is not None:
-        evolver._check_actions("initial_actions", initial_actions, (1, num_steps))
     cache = evolver.prefill(units, actions=context_actions)
     state = units[:, -1]
     interval = evolver.config.dt_reference
