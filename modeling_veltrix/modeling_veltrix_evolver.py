@@ -1045,14 +1045,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         predicts the one at `time_at(k + 1)` under `actions_at(k)` (sampled from `noise_at(k)` when given; fused
         with `engram`'s recall when given), then adds `state_deltas.get(k)`; yields the predicted state, the cache
         and, with a memory, (hits, mean α, bypassed) (B,) after each step. With `in_place` (for callers that drop
-        each yielded cache before the next step; without a memory and gradients), the steps after the first update
-        the cache the first one made instead of allocating new states."""
+        each yielded cache before the next step; without a memory), the steps after the first that run without
+        gradients update the cache the step before made instead of allocating new states."""
         record, next_time = None, time_at(start)
         for k in range(start, stop):
             noise = None if noise_at is None else noise_at(k)
             time, next_time = next_time, time_at(k + 1)  # each time is made once
             if engram is None:
-                owned = in_place and k > start
+                owned = in_place and k > start and not torch.is_grad_enabled()
                 state, cache = self._step(state, cache, time, next_time, actions_at(k), noise=noise, in_place=owned)
             else:
                 state, cache, record = self._remembering_step(
@@ -1245,9 +1245,8 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         noise_at = _noise_source(context[:, -1], generator) if sample else None
         actions_at = _actions_at(actions, t)
         # The caller never sees the cache, so the steps may update it in place (no state-sized allocation per step).
-        in_place = engram is None and not torch.is_grad_enabled()
         states = self._advance(
-            context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram, noise_at, in_place=in_place
+            context[:, -1], cache, time_at, actions_at, {}, 0, num_steps, engram, noise_at, in_place=engram is None
         )
         output_dtype = context.dtype if timestamps is None else timestamps.dtype
         return ((time_at(k + 1).to(output_dtype), state) for k, (state, _, _) in enumerate(states))

@@ -197,7 +197,10 @@ def test_rollout_stream_equals_rollout():
     torch.testing.assert_close(torch.stack([t for t, _ in stream], 1), rollout.timestamps, rtol=0, atol=0)
     with torch.no_grad():  # without gradients the stream updates its cache in place after the first step
         in_place = list(model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9]))
+        made_here = model.rollout_stream(units[:, :4], 5, actions=actions[:, :9], timestamps=timestamps[:, :9])
     torch.testing.assert_close(torch.stack([s for _, s in in_place], 1), rollout.units, rtol=0, atol=0)
+    # The grad mode of each step counts, not that of the call that made the stream.
+    torch.testing.assert_close(torch.stack([s for _, s in made_here], 1), rollout.units, rtol=0, atol=0)
 
 
 def test_single_context_step_matches_forward():
