@@ -1117,6 +1117,8 @@ class VeltrixWorldModel(PreTrainedModel):
         variant: str | None = None,
         device_map: str | dict[str, str | int | torch.device] | None = None,
         use_safetensors: bool | None = None,
+        subfolder: str = "",
+        proxies: dict[str, str] | None = None,
         **loader_kwargs,
     ) -> "VeltrixWorldModel":
         """Loads the [`VeltrixPipeline`] of a folder or Hub repository id (`VeltrixPipeline.from_pretrained`, with
@@ -1125,12 +1127,23 @@ class VeltrixWorldModel(PreTrainedModel):
         them: `dtype` (or `torch_dtype`; `"auto"` keeps the saved dtypes) and `device_map`, one of `None`, `"auto"`
         (= the pipeline's `"balanced"`), `"balanced"`, `"cpu"`, the accelerator's name, or `{"": device}` (the whole
         model on `device`); the model then records `hf_device_map = {"": device}`, so that `pipeline()` runs it where
-        it was loaded. `loader_kwargs` are what `AutoModel` and `pipeline()` pass for their own bookkeeping
-        (`_from_auto`, `_from_pipeline`, `code_revision`, `adapter_kwargs`); anything else raises."""
+        it was loaded. `subfolder` loads the pipeline saved in that folder of the repository. `proxies` is accepted
+        as `None` only: huggingface_hub (>= 1.0) takes proxies from the `HTTP(S)_PROXY` environment variables.
+        `loader_kwargs` are what `AutoModel` and `pipeline()` pass for their own bookkeeping (`_from_auto`,
+        `_from_pipeline`, `code_revision`, `adapter_kwargs`); anything else raises."""
         unexpected = sorted(set(loader_kwargs) - {"_from_auto", "_from_pipeline", "code_revision", "adapter_kwargs"})
         if unexpected:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unexpected}.")
+        if proxies is not None:
+            raise ValueError(
+                f"`proxies` must be None (huggingface_hub reads proxies from the HTTP_PROXY and HTTPS_PROXY "
+                f"environment variables), got {proxies!r}."
+            )
         download = dict(cache_dir=cache_dir, revision=revision, token=token, local_files_only=local_files_only)
+        if subfolder:
+            pretrained_model_name_or_path = resolve_repository(
+                pretrained_model_name_or_path, force_download=force_download, subfolder=subfolder, **download
+            )
         pipeline = VeltrixPipeline.from_pretrained(
             pretrained_model_name_or_path,
             trust_remote_code=trust_remote_code,

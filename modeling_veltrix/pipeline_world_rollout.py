@@ -199,15 +199,20 @@ class VeltrixWorldConfig(PreTrainedConfig):
     custom_pipelines: dict | None = None
     # Checks a local saved pipeline folder when this config is read from it (`from_dict`, which `AutoConfig` and so
     # `pipeline("world-rollout", model=folder)` call with the folder as `name_or_path`), so that a damaged folder
-    # raises its `VeltrixRepositoryError` there: transformers' model loader would wrap it in a `ValueError`.
-    # `pipeline_veltrix` registers `VeltrixPipeline.check_folder`.
+    # raises its `VeltrixRepositoryError` there: transformers' model loader would wrap it in a `ValueError`. A folder
+    # without a root `config.json` is not where the config came from (it was read from a `subfolder`, which
+    # `VeltrixWorldModel.from_pretrained` checks). `pipeline_veltrix` registers `VeltrixPipeline.check_folder`.
     folder_check: ClassVar[Callable[[str], None] | None] = None
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "VeltrixWorldConfig":
-        """`PreTrainedConfig.from_dict`, after `folder_check` of the folder it was read from (when local)."""
+        """`PreTrainedConfig.from_dict`, after `folder_check` of the local folder it was read from."""
         folder = kwargs.get("name_or_path")
-        if cls.folder_check is not None and isinstance(folder, (str, os.PathLike)) and os.path.isdir(folder):
+        if (
+            cls.folder_check is not None
+            and isinstance(folder, (str, os.PathLike))
+            and os.path.isfile(os.path.join(folder, "config.json"))
+        ):
             cls.folder_check(os.fspath(folder))
         return super().from_dict(config_dict, **kwargs)
 

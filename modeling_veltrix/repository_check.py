@@ -146,22 +146,31 @@ def resolve_repository(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
+    subfolder: str = "",
 ) -> str:
-    """A local folder as it is, or a Hub repository id downloaded into (or found in) the Hugging Face cache."""
+    """A local folder as it is, or a Hub repository id downloaded into (or found in) the Hugging Face cache; with a
+    `subfolder` (a relative path), that folder inside it (only its files are downloaded)."""
     path = str(pretrained_model_name_or_path)
+    if not isinstance(subfolder, str) or os.path.isabs(subfolder) or ".." in subfolder.split("/"):
+        raise ValueError(f"`subfolder` must be a relative path inside the repository, got {subfolder!r}.")
+    subfolder = subfolder.strip("/")
     if os.path.isdir(path):
-        return path
+        if subfolder and not os.path.isdir(os.path.join(path, subfolder)):
+            raise VeltrixRepositoryError(f"{path} has no folder {subfolder!r} (the `subfolder` argument).")
+        return os.path.join(path, subfolder) if subfolder else path
     if os.path.exists(path) or path.count("/") != 1:
         raise VeltrixRepositoryError(f"{path} is neither a folder nor a Hub repository id (`namespace/name`).")
-    return snapshot_download(
+    snapshot = snapshot_download(
         path,
         revision=revision,
         cache_dir=cache_dir,
         token=token,
         local_files_only=local_files_only,
         force_download=force_download,
+        allow_patterns=f"{subfolder}/*" if subfolder else None,
         ignore_patterns=NOT_LOADED,
     )
+    return os.path.join(snapshot, subfolder) if subfolder else snapshot
 
 
 def write_json_atomic(path: str, payload: dict) -> None:

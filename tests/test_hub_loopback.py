@@ -231,3 +231,38 @@ def test_model_card_snippets_run_as_written(dry_run, pushed, tmp_path):
             result = run_without_package(snippet, [], str(workdir), env)
         assert result.returncode == 0, f"snippet {index}:\n{snippet}\n{result.stderr[-4000:]}"
     assert (tmp_path / "snippet0" / "first_future_frame.png").is_file()
+
+
+SUBFOLDER_CHECK = """
+import sys
+from huggingface_hub import HfApi
+from transformers import AutoModel
+from modeling_veltrix.pipeline_veltrix import VeltrixWorldModel
+repo_id, folder = sys.argv[1:]
+HfApi().create_repo(repo_id, private=True)
+HfApi().upload_folder(repo_id=repo_id, folder_path=folder, path_in_repo="world")
+HfApi().upload_file(repo_id=repo_id, path_or_fileobj=b"not a pipeline", path_in_repo="notes.txt")
+loaders = (VeltrixWorldModel.from_pretrained, AutoModel.from_pretrained)
+for model in (load(repo_id, subfolder="world") for load in loaders):
+    assert isinstance(model, VeltrixWorldModel), type(model)
+    assert model.pipeline.config.default_num_future_steps == 24
+print("loaded from the subfolder")
+"""
+
+
+def test_the_world_model_loads_a_subfolder_of_a_repository_by_id(dry_run, hub, tmp_path):
+    """A pipeline saved under `world/` of a Hub repository loads with `subfolder="world"`, and only that folder's
+    files are downloaded."""
+    home = tmp_path / "user"
+    result = subprocess.run(
+        [sys.executable, "-c", SUBFOLDER_CHECK, "veltrix-tests/nested", str(dry_run[0])],
+        env={**os.environ, **hub_env(hub, home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    snapshots = list((home / "hub" / "models--veltrix-tests--nested" / "snapshots").iterdir())
+    assert len(snapshots) == 1
+    downloaded = {p.relative_to(snapshots[0]).parts[0] for p in snapshots[0].rglob("*") if p.is_file()}
+    assert downloaded == {"world"}

@@ -15,7 +15,7 @@ from diffusers.utils.torch_utils import get_device
 from hub_helpers import tiny_pipeline as hub_pipeline
 from test_engram_pipeline import filled_engram, with_engram
 from test_pipeline_sampling import sampling_pipeline
-from transformers import pipeline
+from transformers import AutoModel, pipeline
 
 from modeling_veltrix import VeltrixPipeline
 from modeling_veltrix.modeling_veltrix_decoder import VeltrixAttnProcessor
@@ -228,6 +228,24 @@ def test_the_world_model_and_the_world_rollout_task_take_the_loading_options(tin
     assert result["frames"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with pytest.raises(ValueError, match="`use_safetensors` must be None or True"):
         pipeline("world-rollout", model=str(tmp_path / "fp16"), model_kwargs={"use_safetensors": False})
+
+
+def test_the_world_model_loads_from_a_subfolder_and_refuses_proxies(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "repo" / "world")
+    for model in (
+        VeltrixWorldModel.from_pretrained(tmp_path / "repo", subfolder="world"),
+        AutoModel.from_pretrained(tmp_path / "repo", subfolder="world/"),
+    ):
+        assert isinstance(model, VeltrixWorldModel)
+        for name, tensor in tiny_pipeline.evolver.state_dict().items():
+            assert torch.equal(model.pipeline.evolver.state_dict()[name], tensor), name
+    for subfolder in ("../repo", str(tmp_path / "repo" / "world")):
+        with pytest.raises(ValueError, match="`subfolder` must be a relative path inside the repository"):
+            VeltrixWorldModel.from_pretrained(tmp_path / "repo", subfolder=subfolder)
+    with pytest.raises(VeltrixRepositoryError, match="has no folder 'elsewhere' \\(the `subfolder` argument\\)"):
+        VeltrixWorldModel.from_pretrained(tmp_path / "repo", subfolder="elsewhere")
+    with pytest.raises(ValueError, match="`proxies` must be None"):
+        VeltrixWorldModel.from_pretrained(tmp_path / "repo" / "world", proxies={"https": "http://proxy:3128"})
 
 
 # Attention processors
