@@ -7,12 +7,12 @@ Per task it trains (or loads, from `--output-dir`, default `<output>_runs/`) the
 with `configuration/veltrix-tiny-reach` (32×32 frames, 16 units per frame, a 75k-parameter evolver trained on 25-step
 open-loop windows; its world: one ball, an impulse every step), Push-T on data it collects with gym-pusht's simulator
 (`planning.pusht`, written to `<output-dir>/pusht/pusht.npz`) through the own-data path, with
-`configuration/veltrix-tiny-pusht` (64×64 frames, 16 units per frame, the same evolver size). Then on held-out
-episodes, start and goal 25 steps apart, it plans open loop with CEM, MPPI and the gradient search (64 candidates ×
-horizon 25 × 3 iterations) and executes the plan in the true simulator, and closed loop (CEM replanning every 5 steps
-from the carried cache); next to a random-action baseline and the same planner with the true simulator as its model
-(the upper bound). The JSON report (BENCHMARKS.md shape) holds success rates, milliseconds per planning call at 300
-candidates × 25 × 3 and the objective's landscape check; its targets are `success_rate_over_random_<task>`,
+`configuration/veltrix-tiny-pusht` (64×64 frames, 16 units per frame, the reach evolver without its stochastic head).
+Then on held-out episodes, start and goal 25 steps apart, it plans open loop with CEM, MPPI and the gradient search (64
+candidates × horizon 25 × 3 iterations) and executes the plan in the true simulator, and closed loop (CEM replanning
+every 5 steps from the carried cache); next to a random-action baseline and the same planner with the true simulator as
+its model (the upper bound). The JSON report (BENCHMARKS.md shape) holds success rates, milliseconds per planning call
+at 300 candidates × 25 × 3 and the objective's landscape check; its targets are `success_rate_over_random_<task>`,
 `success_rate_over_oracle_<task>` (Veltrix with closed-loop CEM) and `ms_per_plan_<task>`.
 """
 
