@@ -2,6 +2,7 @@
 
     python scripts/benchmark_evolver.py --output runs/benchmark_evolver.json           # about 10 min on 2 cores
     python scripts/benchmark_evolver.py --quick --output /tmp/benchmark_evolver.json   # smoke run, seconds
+    python scripts/benchmark_evolver.py --device cuda --sections mixer model rollout --output runs/gpu.json
 
 Measures, interleaved in one process (median and min–max over repetitions after a warm-up):
 - the selective-SSM mixer against transformers' `Mamba2Mixer` (PyTorch path) at the same dimensions, tokens/s at
@@ -19,10 +20,11 @@ or not the targets are met.
 import argparse
 import os
 
+import torch
 from transformers.utils import logging
 
 from modeling_veltrix.benchmarks import save_report
-from modeling_veltrix.benchmarks.evolver import EvolverBenchmarkSettings, run_evolver_benchmarks
+from modeling_veltrix.benchmarks.evolver import SECTIONS, EvolverBenchmarkSettings, run_evolver_benchmarks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,14 +38,28 @@ def parse_args() -> argparse.Namespace:
         default=os.path.join(REPO_ROOT, "configuration", "veltrix-tiny", "evolver"),
         help="evolver config folder of the model-level and rollout sections",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the speed sections run: cpu, or cuda (the mamba-ssm kernels where installed; the world section "
+        "always trains on the CPU)",
+    )
+    parser.add_argument(
+        "--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run (default: all)"
+    )
+    args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device")
+    return args
 
 
 def main() -> None:
     args = parse_args()
     # The HF Mamba2 mixer warns, on every construction, that its CUDA kernels are missing: we measure its PyTorch path.
     logging.set_verbosity_error()
-    settings = (EvolverBenchmarkSettings.quick if args.quick else EvolverBenchmarkSettings.full)(args.preset)
+    settings = (EvolverBenchmarkSettings.quick if args.quick else EvolverBenchmarkSettings.full)(
+        args.preset, device=args.device, sections=tuple(args.sections)
+    )
     report = run_evolver_benchmarks(settings)
     save_report(args.output, report)
 

@@ -12,8 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from modeling_veltrix.benchmarks.evolver import EvolverBenchmarkSettings, run_evolver_benchmarks
 
 REPO = Path(__file__).parent.parent
+PRESET = REPO / "configuration" / "veltrix-tiny" / "evolver"
 TARGETS = {
     "tok_s_64k_over_1k",
     "speedup_vs_hf_mamba2_mixer_16k",
@@ -54,3 +58,28 @@ def test_quick_benchmark_writes_every_target(tmp_path):
     assert len({entry["cache_bytes"] for entry in ours_memory.values()}) == 1
     world = results["world"]["continuous_time"]
     assert world["error_ratio_double_rate"] == pytest.approx(world["double_rate_mse"] / world["native_rate_mse"])
+
+
+def test_a_subset_of_sections_reports_only_its_targets():
+    settings = EvolverBenchmarkSettings.quick(str(PRESET), sections=("rollout",))
+    report = run_evolver_benchmarks(settings, log=lambda message: None)
+    assert set(report["results"]) == {"rollout"}
+    assert {t["name"] for t in report["targets"]} == {"rollout_step_speed_over_llama", "rollout_memory_growth_10k"}
+    assert report["results"]["rollout"]["kernel_path"] == "torch"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sections": ("mixer", "speed")}, "`sections` must be a non-empty subset"),
+        ({"sections": ()}, "`sections` must be a non-empty subset"),
+        pytest.param(
+            {"device": "cuda"},
+            "torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+        ),
+    ],
+)
+def test_bad_settings_are_refused_before_measuring(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run_evolver_benchmarks(EvolverBenchmarkSettings.quick(str(PRESET), **overrides), log=lambda message: None)

@@ -10,11 +10,14 @@
   that rate; and the same training with the Lyapunov-like regulariser, evaluated far past the training window.
 
 Speed figures are ratios taken in one process, interleaved (A, B, A, B, …) after a warm-up, reported as the median
-and min–max over repetitions; absolute times come along but only ratios are results on shared CPUs. The targets that
+and min–max over repetitions; absolute times come along but only ratios are results on shared CPUs. With
+`device="cuda"` the speed sections run on the GPU (every timed call ends with a synchronisation; the mixer is then
+also timed on its PyTorch path, beside the mamba-ssm kernels) and their absolute rates are results too. The targets that
 compare two rates (`tok_s_64k_over_1k`, `mixer_mfu_16k`, `rollout_step_speed_over_llama`) take the ratio of their
 peaks over the same rounds (`peak_ratio`): load only ever slows a repetition down.
 """
 
+import copy
 import os
 import platform
 import time
@@ -77,14 +80,16 @@ class EvolverBenchmarkSettings:
     stability_weight: float = 1.0
     stability_perturbation: float = 1e-2
     seed: int = 0
+    device: str = "cpu"
+    sections: tuple[str, ...] = ("mixer", "model", "rollout", "world")
 
     @classmethod
-    def full(cls, evolver_preset: str) -> "EvolverBenchmarkSettings":
+    def full(cls, evolver_preset: str, **overrides) -> "EvolverBenchmarkSettings":
         """The reference run: about 10 minutes on 2 CPU cores."""
-        return cls(evolver_preset=evolver_preset)
+        return cls(evolver_preset=evolver_preset, **overrides)
 
     @classmethod
-    def quick(cls, evolver_preset: str) -> "EvolverBenchmarkSettings":
+    def quick(cls, evolver_preset: str, **overrides) -> "EvolverBenchmarkSettings":
         """A smoke run of every section in seconds; its figures are not results."""
         return cls(
             repeats=2,
@@ -108,6 +113,7 @@ class EvolverBenchmarkSettings:
             world_long_horizon=12,
             train_steps=3,
             train_batch_size=4,
+            **overrides,
         )
 
 
@@ -123,23 +129,32 @@ def peak_ratio(numerator: list[float], denominator: list[float]) -> float:
     return max(numerator) / max(denominator)
 
 
-def interleaved_seconds(measures: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Wall-clock seconds of each callable over `repeats` rounds A, B, A, B, … after one untimed warm-up round."""
+def interleaved_seconds(
+    measures: dict[str, Callable[[], object]], repeats: int, device: torch.device | str = "cpu"
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each callable over `repeats` rounds A, B, A, B, … after one untimed warm-up round; on a
+    CUDA `device` each call is timed from an idle GPU to the end of the work it queued."""
     seconds = {name: [] for name in measures}
+    on_cuda = torch.device(device).type == "cuda"
     for round_index in range(repeats + 1):
         for name, measure in measures.items():
+            if on_cuda:
+                torch.cuda.synchronize(device)
             started = time.perf_counter()
             measure()
+            if on_cuda:
+                torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
             if round_index:
                 seconds[name].append(elapsed)
     return seconds
 
 
-def matmul(size: int) -> tuple[Callable[[], torch.Tensor], float]:
-    """An fp32 `torch.mm` of two random (size, size) matrices and its FLOPs (the machine's matmul peak)."""
+def matmul(size: int, device: torch.device | str = "cpu") -> tuple[Callable[[], torch.Tensor], float]:
+    """An fp32 `torch.mm` of two random (size, size) matrices on `device` and its FLOPs (the machine's matmul
+    peak)."""
     generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
     return (lambda: torch.mm(a, b)), 2.0 * size**3
 
 
@@ -254,27 +269,35 @@ def mixer_flops_per_token(config: VeltrixEvolverConfig) -> dict[str, float]:
 
 
 def benchmark_mixer(settings: EvolverBenchmarkSettings) -> dict:
-    """Tokens/s of our mixer and of `Mamba2Mixer` (batch 1) at every length, with an fp32 matmul in every round."""
+    """Tokens/s of our mixer and of `Mamba2Mixer` (batch 1) at every length, with an fp32 matmul in every round; where
+    ours runs the mamba-ssm kernels (CUDA), its PyTorch path is timed in the same rounds as `ours_torch_path`."""
+    device = torch.device(settings.device)
     config = mixer_config(settings)
     torch.manual_seed(settings.seed)
     ours = VeltrixSelectiveSSM(config).eval()
     ours.reset_ssm_parameters()
-    theirs = hf_mamba2_mixer(config).eval()
-    peak_call, peak_flops = matmul(settings.matmul_size)
+    ours.to(device)
+    theirs = hf_mamba2_mixer(config).eval().to(device)
+    modules = {"ours": ours, "hf_mamba2_mixer": theirs}
+    if ours.uses_cuda_kernels(device):
+        modules["ours_torch_path"] = copy.deepcopy(ours)
+        modules["ours_torch_path"].use_mamba_kernels = False
+    peak_call, peak_flops = matmul(settings.matmul_size, device)
     flops = mixer_flops_per_token(config)
     results, peaks = {}, []
     for length in settings.mixer_lengths:
-        hidden = torch.randn(1, length, config.hidden_size)
-        gaps = torch.ones(1, length)
+        hidden = torch.randn(1, length, config.hidden_size, device=device)
+        gaps = torch.ones(1, length, device=device)
+        measures = {
+            name: partial(module, hidden) if name == "hf_mamba2_mixer" else partial(module, hidden, gaps)
+            for name, module in modules.items()
+        }
         with torch.inference_mode():
-            seconds = interleaved_seconds(
-                {"ours": partial(ours, hidden, gaps), "hf_mamba2_mixer": partial(theirs, hidden), "matmul": peak_call},
-                settings.repeats,
-            )
+            seconds = interleaved_seconds({**measures, "matmul": peak_call}, settings.repeats, device)
         gflops = [peak_flops / s / 1e9 for s in seconds["matmul"]]
         peaks += gflops
         ratios = [b / a for a, b in zip(seconds["ours"], seconds["hf_mamba2_mixer"], strict=True)]
-        rates = {name: [length / s for s in seconds[name]] for name in ("ours", "hf_mamba2_mixer")}
+        rates = {name: [length / s for s in seconds[name]] for name in modules}
         results[str(length)] = {
             "tokens_per_s": {name: median_range(values) for name, values in rates.items()},
             "speedup_vs_hf_mamba2_mixer": median_range(ratios),
@@ -287,6 +310,7 @@ def benchmark_mixer(settings: EvolverBenchmarkSettings) -> dict:
     for entry in results.values():
         entry["mfu_of_medians"] = entry["tokens_per_s"]["ours"]["median"] * flops["total"] / (peak["median"] * 1e9)
     return {
+        "kernel_path": "mamba_ssm" if ours.uses_cuda_kernels(device) else "torch",
         "dimensions": {
             "hidden_size": config.hidden_size,
             "expand": config.expand,
@@ -326,28 +350,31 @@ def equal_parameter_llama(evolver: VeltrixEvolverModel, max_length: int) -> Llam
 
 
 def preset_evolver(settings: EvolverBenchmarkSettings) -> VeltrixEvolverModel:
-    """The evolver of `settings.evolver_preset` (a config folder) with seeded random weights, in eval mode."""
+    """The evolver of `settings.evolver_preset` (a config folder) with seeded random weights, in eval mode, on
+    `settings.device`."""
     torch.manual_seed(settings.seed)
-    return VeltrixEvolverModel(VeltrixEvolverConfig.from_pretrained(settings.evolver_preset)).eval()
+    config = VeltrixEvolverConfig.from_pretrained(settings.evolver_preset)
+    return VeltrixEvolverModel(config).eval().to(settings.device)
 
 
 def benchmark_model(settings: EvolverBenchmarkSettings) -> dict:
     """Tokens/s of the evolver (`settings.evolver_preset`) and an equal-parameter SDPA Llama over length, every
     length and both models interleaved in the same rounds (so the length scaling compares rounds under one load)."""
     evolver = preset_evolver(settings)
+    device = evolver.device
     units_per_step = evolver.config.num_units_per_step
-    llama = equal_parameter_llama(evolver, max(settings.model_lengths))
+    llama = equal_parameter_llama(evolver, max(settings.model_lengths)).to(device)
     counts = {"ours": sum(p.numel() for p in evolver.parameters()), "llama": sum(p.numel() for p in llama.parameters())}
     measures = {}
     for length in settings.model_lengths:
         steps = length // units_per_step
-        units = torch.randn(1, steps, units_per_step, evolver.config.unit_dim)
-        actions = torch.randn(1, steps, evolver.config.action_dim) if evolver.config.action_dim else None
-        embeddings = torch.randn(1, length, llama.config.hidden_size)
+        units = torch.randn(1, steps, units_per_step, evolver.config.unit_dim, device=device)
+        actions = torch.randn(1, steps, evolver.config.action_dim, device=device) if evolver.config.action_dim else None
+        embeddings = torch.randn(1, length, llama.config.hidden_size, device=device)
         measures[f"ours/{length}"] = partial(evolver, units, actions=actions)
         measures[f"sdpa_llama/{length}"] = partial(llama, inputs_embeds=embeddings, use_cache=False)
     with torch.inference_mode():
-        seconds = interleaved_seconds(measures, settings.repeats)
+        seconds = interleaved_seconds(measures, settings.repeats, device)
     results, rates = {}, {}
     for length in settings.model_lengths:
         rates[length] = {name: [length / s for s in seconds[f"{name}/{length}"]] for name in ("ours", "sdpa_llama")}
@@ -414,9 +441,11 @@ def benchmark_rollout(settings: EvolverBenchmarkSettings) -> dict:
     """Open-loop steps/s at batch 1 and peak live tensor memory over the horizon: the evolver (streaming, O(1)
     cache) against the equal-parameter Llama decoding one token per step with its KV cache."""
     evolver = preset_evolver(settings)
-    llama = equal_parameter_llama(evolver, settings.rollout_context + max(settings.rollout_horizons) + 1)
-    context = torch.randn(1, settings.rollout_context, evolver.config.num_units_per_step, evolver.config.unit_dim)
-    llama_context = torch.randn(1, settings.rollout_context, llama.config.hidden_size)
+    device = evolver.device
+    llama = equal_parameter_llama(evolver, settings.rollout_context + max(settings.rollout_horizons) + 1).to(device)
+    context_shape = (1, settings.rollout_context, evolver.config.num_units_per_step, evolver.config.unit_dim)
+    context = torch.randn(context_shape, device=device)
+    llama_context = torch.randn(1, settings.rollout_context, llama.config.hidden_size, device=device)
     with torch.inference_mode():
         seconds = interleaved_seconds(
             {
@@ -424,6 +453,7 @@ def benchmark_rollout(settings: EvolverBenchmarkSettings) -> dict:
                 "sdpa_llama_kv_cache": _llama_decode(llama, llama_context, settings.rollout_speed_steps),
             },
             settings.repeats,
+            device,
         )
     steps = settings.rollout_speed_steps
     speed = {name: median_range([steps / s for s in values]) for name, values in seconds.items()}
@@ -447,6 +477,7 @@ def benchmark_rollout(settings: EvolverBenchmarkSettings) -> dict:
         for name, values in memory.items()
     }
     return {
+        "kernel_path": evolver.kernel_path,
         "batch_size": 1,
         "context_steps": settings.rollout_context,
         "speed_steps": steps,
@@ -700,23 +731,26 @@ def _target(name: str, value: float, op: str, target: float, measured_at: str) -
 
 
 def evolver_targets(results: dict) -> list[dict]:
-    """The issue's targets (BENCHMARKS.md `targets`), each computed from `results` at the lengths it names, or at
-    the nearest measured ones in a quick run (`measured_at` says which)."""
-    mixer, model = results["mixer"]["by_length"], results["model"]["by_length"]
+    """The issue's targets (BENCHMARKS.md `targets`) of the sections in `results`, each computed at the lengths it
+    names, or at the nearest measured ones in a quick run (`measured_at` says which)."""
+    targets = []
+    if "mixer" in results:
+        targets += _mixer_targets(results["mixer"]["by_length"])
+    if "model" in results:
+        targets += _model_targets(results["model"])
+    if "rollout" in results:
+        targets += _rollout_targets(results["rollout"])
+    if "world" in results:
+        ratio = results["world"]["continuous_time"]["error_ratio_double_rate"]
+        targets.append(
+            _target("error_ratio_double_rate", ratio, "<=", 1.5, "pendulum rollout MSE at 2x the training frame rate")
+        )
+    return targets
+
+
+def _mixer_targets(mixer: dict) -> list[dict]:
     mixer_16k = "16384" if "16384" in mixer else max(mixer, key=int)
-    model_64k = "65536" if "65536" in model else max(model, key=int)
-    scaling = results["model"]["length_scaling"]
-    rollout = results["rollout"]
-    growth = rollout["memory_growth"]
-    ratio = results["world"]["continuous_time"]["error_ratio_double_rate"]
     return [
-        _target(
-            "tok_s_64k_over_1k",
-            scaling["peak_ratio"],
-            ">=",
-            0.8,
-            f"evolver peak tokens/s at {scaling['to_length']} over {scaling['from_length']} tokens, interleaved",
-        ),
         _target(
             "speedup_vs_hf_mamba2_mixer_16k",
             mixer[mixer_16k]["speedup_vs_hf_mamba2_mixer"]["median"],
@@ -731,13 +765,33 @@ def evolver_targets(results: dict) -> list[dict]:
             0.4,
             f"mixer at {mixer_16k} tokens: peak tokens/s over the peak matmul rate of the same rounds",
         ),
+    ]
+
+
+def _model_targets(model: dict) -> list[dict]:
+    model_64k = "65536" if "65536" in model["by_length"] else max(model["by_length"], key=int)
+    scaling = model["length_scaling"]
+    return [
+        _target(
+            "tok_s_64k_over_1k",
+            scaling["peak_ratio"],
+            ">=",
+            0.8,
+            f"evolver peak tokens/s at {scaling['to_length']} over {scaling['from_length']} tokens, interleaved",
+        ),
         _target(
             "speedup_vs_sdpa_64k",
-            model[model_64k]["speedup_vs_sdpa"]["median"],
+            model["by_length"][model_64k]["speedup_vs_sdpa"]["median"],
             ">=",
             5.0,
             f"evolver vs equal-parameter SDPA Llama at {model_64k} tokens",
         ),
+    ]
+
+
+def _rollout_targets(rollout: dict) -> list[dict]:
+    growth = rollout["memory_growth"]
+    return [
         _target(
             "rollout_step_speed_over_llama",
             rollout["speed_ratio_of_peaks"],
@@ -753,29 +807,37 @@ def evolver_targets(results: dict) -> list[dict]:
             1.05,
             f"peak memory at {growth['to_horizon']} steps over {growth['from_horizon']} steps",
         ),
-        _target("error_ratio_double_rate", ratio, "<=", 1.5, "pendulum rollout MSE at 2x the training frame rate"),
     ]
 
 
+SECTIONS: dict[str, Callable[[EvolverBenchmarkSettings], dict]] = {
+    "mixer": benchmark_mixer,
+    "model": benchmark_model,
+    "rollout": benchmark_rollout,
+    "world": benchmark_world,
+}
+
+
 def run_evolver_benchmarks(settings: EvolverBenchmarkSettings, log: Callable[[str], None] = print) -> dict:
-    """Runs every section; returns `{"environment", "settings", "results", "targets"}` (BENCHMARKS.md)."""
-    sections = {
-        "mixer": benchmark_mixer,
-        "model": benchmark_model,
-        "rollout": benchmark_rollout,
-        "world": benchmark_world,
-    }
+    """Runs `settings.sections` (the world section trains on the CPU whatever `settings.device` is); returns
+    `{"environment", "settings", "results", "targets"}` (BENCHMARKS.md)."""
+    unknown = sorted(set(settings.sections) - set(SECTIONS))
+    if unknown or not settings.sections:
+        raise ValueError(f"`sections` must be a non-empty subset of {list(SECTIONS)}, got {list(settings.sections)}")
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`device` is {settings.device!r}, but torch sees no CUDA device")
     results = {}
-    for name, section in sections.items():
+    for name in (name for name in SECTIONS if name in settings.sections):
         started = time.perf_counter()
-        results[name] = section(settings)
+        results[name] = SECTIONS[name](settings)
         results[name]["wall_seconds"] = time.perf_counter() - started
         log(f"[benchmark_evolver] {name}: {results[name]['wall_seconds']:.1f} s")
     environment = {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "kernel_path": preset_evolver(settings).kernel_path,
