@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 from test_training_resume import run_train_here, write_tiny_preset
 
@@ -70,13 +71,17 @@ def test_quick_run_reports_every_world_and_model(quick_run):
     assert CARD_START in card and "| mass_spring | gru |" in card
 
 
-def test_rerun_resumes_and_reproduces(quick_run):
+def test_rerun_resumes_and_reproduces(quick_run, monkeypatch, capsys):
+    """In this process (no import cost): the rerun loads every world's scores and reproduces the targets."""
     output, report, _ = quick_run
     again = output.parent / "again.json"
-    result = run_evaluate(again, "--output-dir", str(output.parent / "report_runs"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("scores loaded") == len(WORLDS)
-    assert "training" not in result.stdout.replace("training window", "")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(output.parent / "datasets"))
+    argv = ["evaluate.py", "--output", str(again), "--quick", "--output-dir", str(output.parent / "report_runs")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO / "scripts" / "evaluate.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.count("scores loaded") == len(WORLDS)
+    assert "training" not in printed.replace("training window", "")
     assert json.loads(again.read_text())["targets"] == report["targets"]
 
 
