@@ -18,6 +18,7 @@ peaks over the same rounds (`peak_ratio`): load only ever slows a repetition dow
 """
 
 import copy
+import inspect
 import os
 import platform
 import time
@@ -416,11 +417,15 @@ def _llama_decode(llama: LlamaModel, context: torch.Tensor, num_steps: int) -> C
     """A closure running `num_steps` open-loop decode steps (one token each, fed its own last hidden state) after
     `context` (1, T, hidden) with a `DynamicCache`; returns the KV cache's bytes at the end."""
 
+    # Newer transformers name the argument `cache` (there `past_key_values` warns, and goes in 5.40).
+    cache_argument = "cache" if "cache" in inspect.signature(llama.forward).parameters else "past_key_values"
+
     def run() -> int:
         cache = DynamicCache(config=llama.config)
-        hidden = llama(inputs_embeds=context, past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        kwargs = {cache_argument: cache, "use_cache": True}
+        hidden = llama(inputs_embeds=context, **kwargs).last_hidden_state[:, -1:]
         for _ in range(num_steps):
-            hidden = llama(inputs_embeds=hidden, past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = llama(inputs_embeds=hidden, **kwargs).last_hidden_state
         return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
     return run
