@@ -155,18 +155,29 @@ class EvolverCandidates:
         self.project = goal_projection or (lambda units: units)
         rows = torch.arange(start_units.shape[0], device=start_units.device).repeat_interleave(num_samples)
         self.start_units = start_units[rows]
-        self.cache = cache.select(rows, evolver.config.num_units_per_step)
+        self.cache = cache.select(rows, evolver.config.num_units_per_step).in_step_layout()
         self.times = [time_at(k)[rows] for k in range(horizon + 1)]
         self.goal = self.project(goal)[rows]
+        self._working_cache = None
+
+    def _start_cache(self) -> object:
+        """The candidates' start cache for a rollout: itself under autograd (steps then make new states), else a
+        working copy that in-place steps overwrite, its buffers made once and refilled on every later rollout."""
+        if torch.is_grad_enabled():
+            return self.cache
+        if self._working_cache is None:
+            self._working_cache = self.cache.in_step_layout()
+            return self._working_cache
+        return self._working_cache.copy_(self.cache)
 
     def rollout(self, actions: torch.Tensor) -> torch.Tensor:
-        """Candidates `(B·N, H, A)` -> their predicted states `(B·N, H, U, D)`, from the shared cache (which the first
-        step copies; without gradients, later steps update that copy in place)."""
-        state, cache, states = self.start_units, self.cache, []
+        """Candidates `(B·N, H, A)` -> their predicted states `(B·N, H, U, D)`, from the shared cache (without
+        gradients, every step updates a working copy of it in place)."""
+        state, cache, states = self.start_units, self._start_cache(), []
         in_place = not torch.is_grad_enabled()
         for k in range(self.horizon):
             state, cache = self.evolver._step(
-                state, cache, self.times[k], self.times[k + 1], actions[:, k], in_place=in_place and k > 0
+                state, cache, self.times[k], self.times[k + 1], actions[:, k], in_place=in_place
             )
             states.append(state)
         return torch.stack(states, dim=1)

@@ -155,6 +155,16 @@ def ssd_step(
     return y, new_state
 
 
+def step_layout(conv_state: torch.Tensor, ssm_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of one layer's recurrent states, conv (N, conv_dim, conv_kernel - 1) and SSM (N, heads, head_dim,
+    state), in the memory orders that the PyTorch step updates in place fastest, shapes unchanged: the conv state's
+    columns contiguous ((N, conv_kernel - 1, conv_dim) in memory) and the SSM state's entries outermost ((N, state,
+    heads, head_dim) in memory), the orders of the states a step makes out of place."""
+    conv = conv_state.transpose(1, 2).clone(memory_format=torch.contiguous_format).transpose(1, 2)
+    ssm = ssm_state.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format).permute(0, 2, 3, 1)
+    return conv, ssm
+
+
 def ssd_sequential_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -666,8 +676,10 @@ class VeltrixSelectiveSSM(nn.Module):
         if in_place:
             columns = [*conv_state.unbind(-1), xbc]
         else:
-            window = torch.cat([conv_state, xbc[..., None]], dim=-1)  # (N, conv_dim, conv_kernel)
-            columns = window.unbind(-1)
+            # The window's columns contiguous ((N, conv_kernel, conv_dim) in memory), and so those of the new conv
+            # state that later in-place steps shift.
+            window = torch.stack([*conv_state.unbind(-1), xbc], dim=1)
+            columns = window.unbind(1)
         # The depthwise product as a sum of channel-scaled columns (a reduction over the short last axis is slow).
         weight = self.conv1d.weight[:, 0]
         convolved = torch.addcmul(self.conv1d.bias, columns[0], weight[:, 0])
@@ -678,7 +690,7 @@ class VeltrixSelectiveSSM(nn.Module):
                 older.copy_(newer)
             columns[-2].copy_(xbc)
         else:
-            conv_state = window[..., 1:]  # the new conv state is a view of the window: no copy
+            conv_state = window[:, 1:].transpose(1, 2)  # the new conv state is a view of the window: no copy
         xbc = F.silu(convolved)
         x, B, C = self._split_xbc(xbc)
         dtype = scan_dtype(x.dtype)
@@ -699,7 +711,10 @@ class VeltrixSelectiveSSM(nn.Module):
         conv1d_update, state_update = causal_conv1d_update, selective_state_update
         z, xbc, dt, A = self._ssm_inputs(hidden_states, gaps)
         if not in_place:  # the kernels get copies, so the caller's cache stays valid
-            conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
+            conv_state = conv_state.clone(memory_format=torch.contiguous_format)
+            ssm_state = ssm_state.clone(memory_format=torch.contiguous_format)
+        else:  # a state from the PyTorch step may lie in its memory order; the kernels take contiguous ones
+            conv_state, ssm_state = conv_state.contiguous(), ssm_state.contiguous()
         xbc = conv1d_update(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         x, B, C = self._split_xbc(xbc)
         heads, head_dim, state_size = self.num_heads, self.head_dim, self.state_size

@@ -47,6 +47,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run (default: all)"
     )
+    parser.add_argument(
+        "--eager-rollout-step",
+        action="store_true",
+        help="time the rollout eagerly only (default: also after `compile_step()`, the target's figure)",
+    )
     args = parser.parse_args()
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
@@ -58,7 +63,10 @@ def main() -> None:
     # The HF Mamba2 mixer warns, on every construction, that its CUDA kernels are missing: we measure its PyTorch path.
     logging.set_verbosity_error()
     settings = (EvolverBenchmarkSettings.quick if args.quick else EvolverBenchmarkSettings.full)(
-        args.preset, device=args.device, sections=tuple(args.sections)
+        args.preset,
+        device=args.device,
+        sections=tuple(args.sections),
+        compiled_rollout_step=not args.eager_rollout_step,
     )
     report = run_evolver_benchmarks(settings)
     save_report(args.output, report)

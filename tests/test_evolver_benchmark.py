@@ -60,12 +60,16 @@ def test_quick_benchmark_writes_every_target(tmp_path):
     assert world["error_ratio_double_rate"] == pytest.approx(world["double_rate_mse"] / world["native_rate_mse"])
 
 
-def test_a_subset_of_sections_reports_only_its_targets():
-    settings = EvolverBenchmarkSettings.quick(str(PRESET), sections=("rollout",))
+def test_a_subset_of_sections_reports_only_its_targets_and_times_the_compiled_step():
+    settings = EvolverBenchmarkSettings.quick(str(PRESET), sections=("rollout",), compiled_rollout_step=True)
     report = run_evolver_benchmarks(settings, log=lambda message: None)
     assert set(report["results"]) == {"rollout"}
     assert {t["name"] for t in report["targets"]} == {"rollout_step_speed_over_llama", "rollout_memory_growth_10k"}
-    assert report["results"]["rollout"]["kernel_path"] == "torch"
+    rollout = report["results"]["rollout"]
+    assert rollout["kernel_path"] == "torch"
+    assert rollout["speed_compared"] == "ours_compiled_step"
+    assert rollout["compile_seconds"] > 0
+    assert set(rollout["steps_per_s"]) == {"ours", "ours_compiled_step", "sdpa_llama_kv_cache"}
 
 
 @pytest.mark.parametrize(

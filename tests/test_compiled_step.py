@@ -1,0 +1,124 @@
+"""`VeltrixEvolverModel.compile_step`: the in-place rollout step through `torch.compile` against the eager step (the
+reference), which steps it serves, the recompile on a change of the weights, copies, and bad arguments. Each compile
+takes seconds, so the tests share one evolver and its batch shapes."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from conftest import randomize_, tiny_evolver_config
+
+from modeling_veltrix import VeltrixEvolverModel, VeltrixIntervention
+from modeling_veltrix.action_search import EvolverCandidates
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[VeltrixEvolverModel, VeltrixEvolverModel]:
+    """The eager reference and a copy with the compiled step (same weights)."""
+    torch.manual_seed(0)
+    eager = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval().requires_grad_(False)
+    compiled = copy.deepcopy(eager)
+    compiled.compile_step()
+    return eager, compiled
+
+
+@pytest.fixture(scope="module")
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randn(2, 3, 16, 8, generator=generator) * 0.5
+    actions = torch.randn(2, 3 + STEPS, 2, generator=generator)
+    return context, actions
+
+
+@torch.no_grad()
+def test_compiled_rollouts_match_the_eager_step_and_run_compiled(models, inputs):
+    eager, compiled = models
+    context, actions = inputs
+    expected = eager.rollout(context, STEPS, actions=actions).units
+    before = compiled.compiled_step_calls
+    rolled = compiled.rollout(context, STEPS, actions=actions).units
+    assert compiled.compiled_step_calls - before == STEPS - 1  # every step after the first, which forks the cache
+    torch.testing.assert_close(rolled, expected, atol=1e-5, rtol=1e-4)
+    streamed = torch.stack([units for _, units in compiled.rollout_stream(context, STEPS, actions=actions)], dim=1)
+    torch.testing.assert_close(streamed, expected, atol=1e-5, rtol=1e-4)
+    assert eager.compiled_step_calls == 0
+
+
+@torch.no_grad()
+def test_compiled_plans_match_eager_plans(models, inputs):
+    eager, compiled = models
+    context, actions = inputs
+    goal = eager.rollout(context, 4, actions=actions[:, : 3 + 4]).units[:, -1]
+    settings = dict(num_samples=24, num_iterations=2, top_k=4, context_actions=actions[:, :2])
+    expected = eager.plan(context, goal, 4, generator=torch.Generator().manual_seed(0), **settings)
+    before = compiled.compiled_step_calls
+    planned = compiled.plan(context, goal, 4, generator=torch.Generator().manual_seed(0), **settings)
+    assert compiled.compiled_step_calls - before == 2 * 4  # every step of every iteration
+    torch.testing.assert_close(planned.objective, expected.objective, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(planned.units, expected.units, atol=1e-5, rtol=1e-4)
+
+
+def test_steps_with_gradients_or_a_counterfactual_fork_stay_eager(models, inputs):
+    _, compiled = models
+    context, actions = inputs
+    before = compiled.compiled_step_calls
+    with torch.enable_grad():
+        compiled.rollout(context.requires_grad_(True), STEPS, actions=actions)
+    with torch.no_grad():
+        edit = VeltrixIntervention(step=2, state_delta=torch.ones(2, 16, 8))
+        compiled.rollout(context, STEPS, actions=actions, mode="counterfactual", interventions=edit)
+    assert compiled.compiled_step_calls == before
+
+
+@torch.no_grad()
+def test_a_change_of_the_weights_compiles_again(inputs):
+    torch.manual_seed(0)
+    model = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval().requires_grad_(False)
+    context, actions = inputs
+    model.compile_step()
+    first = model.rollout(context[:1], STEPS, actions=actions[:1]).units
+    model.velocity_head.weight.mul_(2.0)  # in place, as an optimizer or `load_state_dict` does
+    second = model.rollout(context[:1], STEPS, actions=actions[:1]).units
+    model.compile_step(False)
+    expected = model.rollout(context[:1], STEPS, actions=actions[:1]).units
+    torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(first, second, atol=1e-3)
+
+
+def test_copies_and_pickles_keep_the_setting_and_compile_on_their_own(models):
+    _, compiled = models
+    copied = copy.deepcopy(compiled)
+    assert copied._compiled_step is not None and copied.compiled_step_calls == 0
+    restored = pickle.loads(pickle.dumps(compiled._compiled_step))
+    assert restored.compile_kwargs == compiled._compiled_step.compile_kwargs
+
+
+@torch.no_grad()
+def test_candidates_start_every_rollout_from_the_context_cache(models, inputs):
+    eager, _ = models
+    context, actions = inputs
+    times, time_at = eager._rollout_times(context, None)
+    cache = eager._prefill(context, times, actions[:, :2])
+    goal = torch.zeros(2, 16, 8)
+    candidates = EvolverCandidates(eager, context[:, -1], cache, time_at, goal, 4, 3, 0.0, None)
+    trial = torch.randn(6, 4, 2, generator=torch.Generator().manual_seed(2))
+    first, second = candidates.rollout(trial), candidates.rollout(trial)
+    assert torch.equal(first, second)  # the working cache was refilled, not carried over
+
+
+@pytest.mark.parametrize(
+    ("enabled", "kwargs", "message"),
+    [
+        ("yes", {}, "`enabled` must be a bool"),
+        (True, {"fullgraf": True}, "`compile_kwargs` must be `torch.compile` arguments"),
+        (False, {"mode": "max-autotune"}, "`compile_kwargs` apply only with `enabled=True`"),
+    ],
+)
+def test_bad_arguments_raise_a_value_error_naming_them(enabled, kwargs, message):
+    model = VeltrixEvolverModel(tiny_evolver_config())
+    with pytest.raises(ValueError, match=message):
+        model.compile_step(enabled, **kwargs)
+    assert model._compiled_step is None
