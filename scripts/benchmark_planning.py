@@ -40,6 +40,7 @@ QUICK_SETTINGS = {
     "num_perturbations": 3,
     "timing_repeats": 1,
     "replan_every": 2,
+    "compiled_step": False,
     "quick": True,
 }
 QUICK_PUSHT_DATA = {"num_episodes": 4, "episode_length": 16}
@@ -53,6 +54,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=PLANNING_METHODS, default=list(PLANNING_METHODS))
     parser.add_argument("--episodes", type=int, default=None, help="held-out episodes per task (50)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: the whole script in a minute or two")
+    parser.add_argument(
+        "--eager-step",
+        action="store_true",
+        help="plan with the eager evolver step (default: `compile_step()`; --quick is always eager)",
+    )
     return parser.parse_args()
 
 
@@ -64,6 +70,8 @@ def main() -> None:
         values |= QUICK_SETTINGS | {"pusht_data": PushTDataConfig(**QUICK_PUSHT_DATA)}
     if args.episodes is not None:
         values["num_episodes"] = args.episodes
+    if args.eager_step:
+        values["compiled_step"] = False
     settings = PlanningBenchmarkSettings(**values)
     settings.check()
     output_dir = args.output_dir or os.path.splitext(args.output)[0] + "_runs"

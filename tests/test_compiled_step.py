@@ -11,6 +11,7 @@ from conftest import randomize_, tiny_evolver_config
 
 from modeling_veltrix import VeltrixEvolverModel, VeltrixIntervention
 from modeling_veltrix.action_search import EvolverCandidates
+from modeling_veltrix.compiled_step import WeightsWatch
 
 STEPS = 6
 
@@ -21,7 +22,7 @@ def models() -> tuple[VeltrixEvolverModel, VeltrixEvolverModel]:
     torch.manual_seed(0)
     eager = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval().requires_grad_(False)
     compiled = copy.deepcopy(eager)
-    compiled.compile_step()
+    compiled.compile_step(fullgraph=True)  # one graph: the step has no graph break
     return eager, compiled
 
 
@@ -122,3 +123,19 @@ def test_bad_arguments_raise_a_value_error_naming_them(enabled, kwargs, message)
     with pytest.raises(ValueError, match=message):
         model.compile_step(enabled, **kwargs)
     assert model._compiled_step is None
+
+
+def test_the_weights_watch_sees_in_place_changes_replacements_and_moves():
+    model = VeltrixEvolverModel(tiny_evolver_config())
+    watch = WeightsWatch()
+    watch.reset(model)
+    assert not watch.changed()
+    with torch.no_grad():
+        model.in_proj.weight.add_(1.0)
+    assert watch.changed()
+    watch.reset(model)
+    model.in_proj.weight = torch.nn.Parameter(model.in_proj.weight.detach().clone())
+    assert watch.changed()
+    watch.reset(model)
+    model.to(torch.float64)
+    assert watch.changed()
