@@ -126,7 +126,12 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
     def _modulation(self, condition: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """condition (B, T, C) -> the (shift, gain = 1 + scale) pairs of the unit mixer, the SSM and the MLP, six
         (B, T, 1, H) tensors (or (B, C) -> six (B, 1, H)); the three gains are made by one addition."""
-        shifts, scales = self.modulation(condition).unflatten(-1, (3, 2, 1, -1)).unbind(-3)
+        return self.split_modulation(self.modulation(condition))
+
+    @staticmethod
+    def split_modulation(modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The output of the `modulation` layer (..., 6H) -> `_modulation`'s six (..., 1, H) tensors."""
+        shifts, scales = modulation.unflatten(-1, (3, 2, 1, -1)).unbind(-3)
         (shift_mix, shift_ssm, shift_mlp), (gain_mix, gain_ssm, gain_mlp) = shifts.unbind(-3), (1 + scales).unbind(-3)
         return shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp
 
@@ -154,13 +159,17 @@ class VeltrixEvolverBlock(GradientCheckpointingLayer):
         ssm_state: torch.Tensor,
         skip_mlp: bool = False,
         in_place: bool = False,
+        modulation: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step: h (B, U, H), condition (B, C), gaps (B,); states batched over B·U. `skip_mlp` leaves out the
         MLP, which only the output needs (the states are advanced without it); `in_place` updates the given states
-        in place (`VeltrixSelectiveSSM.step`)."""
+        in place (`VeltrixSelectiveSSM.step`); `modulation`, `_modulation(condition)` made by the caller (then
+        `condition` is not read)."""
         # `forward`'s operations without its time axis (the same numbers, fewer reshapes): (B, 1, H) modulations
         # broadcast over the units.
-        shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp = self._modulation(condition)
+        if modulation is None:
+            modulation = self._modulation(condition)
+        shift_mix, gain_mix, shift_ssm, gain_ssm, shift_mlp, gain_mlp = modulation
         h = h + self.unit_mixer(modulate_with_gain(self.mix_norm(h), shift_mix, gain_mix))
         b, u, hidden = h.shape
         ssm_in = modulate_with_gain(self.ssm_norm(h), shift_ssm, gain_ssm).view(b * u, hidden)
@@ -952,24 +961,27 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         predict: bool = True,
         noise: torch.Tensor | None = None,
         in_place: bool = False,
+        modulations: list[tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
-        """`_step` in eager PyTorch."""
+        """`_step` in eager PyTorch; with `modulations` (`_step_modulations`, without `noise`) the condition is not
+        embedded."""
         reference = self.config.dt_reference
         gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
         step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
-        condition = self.condition_embedding(step_sizes, actions)
+        condition = self.condition_embedding(step_sizes, actions) if modulations is None else None
+        per_layer = modulations or [None] * len(self.layers)
         memory = self._memory(engram, None if history is None else history[:, None])
         hidden = self.in_proj(units)
         conv_states, ssm_states = [], []
         last = len(self.layers) - 1
-        for index, (layer, conv_state, ssm_state) in enumerate(
-            zip(self.layers, cache.conv_states, cache.ssm_states, strict=True)
+        for index, (layer, conv_state, ssm_state, modulation) in enumerate(
+            zip(self.layers, cache.conv_states, cache.ssm_states, per_layer, strict=True)
         ):
             if memory is not None and engram.injects_into(index):
                 hidden = hidden + engram.inject(index, hidden[:, None], memory)[:, 0]
             skip_mlp = not predict and index == last
             hidden, conv_state, ssm_state = layer.step(
-                hidden, condition, gaps, conv_state, ssm_state, skip_mlp, in_place
+                hidden, condition, gaps, conv_state, ssm_state, skip_mlp, in_place, modulation
             )
             conv_states.append(conv_state)
             ssm_states.append(ssm_state)
@@ -982,6 +994,35 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
             # `_velocity_to_units` without the velocity, which a step does not return.
             change_per_interval = self.velocity_head(self.norm_f(hidden))
         return units + step_sizes[:, None, None] * change_per_interval, cache
+
+    def _step_modulations(
+        self, step_sizes: torch.Tensor, actions: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Every layer's `_modulation(condition_embedding(step_sizes, actions))`, step sizes (B,) in reference
+        intervals and actions (B, A) or None, computed with the linear maps composed: the step and action projections
+        act on the concatenated features, and the embedding's last linear layer and all layers' modulation layers,
+        between which there is no nonlinearity, act as one product. Two matrix products instead of 3 + the layers'
+        count; the composed weights cost more than they save eagerly, but the compiled step (`compile_step`) folds
+        them into constants. Equal to the layer-by-layer computation up to rounding (tested)."""
+        embedding = self.condition_embedding
+        features = torch.stack([step_sizes, torch.log(step_sizes)], dim=-1)
+        if actions is None:
+            weight, bias = embedding.step_proj.weight, embedding.step_proj.bias + embedding.null_condition
+        else:
+            features = torch.cat([features, actions], dim=-1)
+            weight = torch.cat([embedding.step_proj.weight, embedding.action_proj.weight], dim=1)
+            bias = embedding.step_proj.bias + embedding.action_proj.bias
+        activated = embedding.mlp[0](F.linear(features, weight, bias))
+        last = embedding.mlp[1]
+        modulation_weight = torch.cat([layer.modulation.weight for layer in self.layers])
+        modulation_bias = torch.cat([layer.modulation.bias for layer in self.layers])
+        modulation = F.linear(
+            activated, modulation_weight @ last.weight, modulation_weight @ last.bias + modulation_bias
+        )
+        return [
+            layer.split_modulation(part)
+            for layer, part in zip(self.layers, modulation.chunk(len(self.layers), -1), strict=True)
+        ]
 
     def _remembering_step(
         self,
@@ -1490,10 +1531,15 @@ def _in_place_step(
     prediction_timestamp: torch.Tensor,
     actions: torch.Tensor | None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The step that `compile_step` compiles: `_eager_step` predicting the mean without a memory, the cache given as
-    its tensors, its states updated in place; returns the prediction and the states."""
+    """The step that `compile_step` compiles: `_eager_step` predicting the mean without a memory, its modulations
+    from `_step_modulations` (whose composed weights freeze into constants), the cache given as its tensors, its states
+    updated in place; returns the prediction and the states."""
     cache = VeltrixEvolverCache(conv_states, ssm_states, last_timestamps)
-    prediction, cache = model._eager_step(units, cache, timestamp, prediction_timestamp, actions, in_place=True)
+    step_sizes = ((prediction_timestamp - timestamp) / model.config.dt_reference).to(units.dtype)
+    modulations = model._step_modulations(step_sizes, actions)
+    prediction, cache = model._eager_step(
+        units, cache, timestamp, prediction_timestamp, actions, in_place=True, modulations=modulations
+    )
     return prediction, cache.conv_states, cache.ssm_states
 
 

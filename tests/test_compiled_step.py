@@ -139,3 +139,24 @@ def test_the_weights_watch_sees_in_place_changes_replacements_and_moves():
     watch.reset(model)
     model.to(torch.float64)
     assert watch.changed()
+
+
+@pytest.mark.parametrize("with_actions", [True, False])
+def test_composed_step_modulations_equal_the_layer_by_layer_ones(with_actions):
+    torch.manual_seed(0)
+    model = randomize_(VeltrixEvolverModel(tiny_evolver_config()), std=0.3).eval()
+    generator = torch.Generator().manual_seed(3)
+    step_sizes = torch.rand(5, generator=generator) + 0.5
+    actions = torch.randn(5, 2, generator=generator) if with_actions else None
+    with torch.no_grad():
+        model.condition_embedding.null_condition.normal_(generator=generator)
+        for layer in model.layers:
+            layer.modulation.bias.normal_(generator=generator)
+        condition = model.condition_embedding(step_sizes, actions)
+        expected = [layer._modulation(condition) for layer in model.layers]
+        composed = model._step_modulations(step_sizes, actions)
+    assert len(composed) == len(expected)
+    for got, want in zip(composed, expected, strict=True):
+        assert [tensor.shape for tensor in got] == [tensor.shape for tensor in want] == [(5, 1, 16)] * 6
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
