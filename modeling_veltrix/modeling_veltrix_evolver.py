@@ -198,7 +198,7 @@ class VeltrixEvolverCache:
 
     def num_bytes(self) -> int:
         """Memory held by the cache's tensors, in bytes."""
-        return sum(t.numel() * t.element_size() for t in self._tensors())
+        return sum(t.numel() * t.element_size() for t in self._state_tensors())
 
     def select(self, rows: torch.Tensor, num_units: int) -> "VeltrixEvolverCache":
         """The cache of the trajectories `rows` (n,) only (states are batched over B·U, `num_units` per
@@ -222,11 +222,11 @@ class VeltrixEvolverCache:
     def copy_(self, source: "VeltrixEvolverCache") -> "VeltrixEvolverCache":
         """Overwrites this cache's tensors in place with those of `source`, a cache of the same shapes (each tensor
         keeps its memory order); returns this cache."""
-        for target, tensor in zip(self._tensors(), source._tensors(), strict=True):
+        for target, tensor in zip(self._state_tensors(), source._state_tensors(), strict=True):
             target.copy_(tensor)
         return self
 
-    def _tensors(self) -> list[torch.Tensor]:
+    def _state_tensors(self) -> list[torch.Tensor]:
         history = [] if self.code_history is None else [self.code_history]
         return [*self.conv_states, *self.ssm_states, self.last_timestamps, *history]
 
@@ -932,6 +932,7 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         predict: bool = True,
         noise: torch.Tensor | None = None,
         in_place: bool = False,
+        modulations: list[tuple[torch.Tensor, ...]] | None = None,
     ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
         """`step` without input checks (rollouts check their inputs once) and without the memory's recall. With
         `engram`, `history` (B, max_order) holds the codes up to this step's (the parametric memory reads it, the
@@ -939,32 +940,14 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
         only the prediction needs, are skipped, and None is returned in its place. With `noise` (B, U, D), the
         stochastic head samples the prediction from it. `in_place` (without gradients): the caller gives `cache` up,
         and its states are updated in place into the returned cache (nothing state-sized is allocated per step); such
-        a step runs compiled after `compile_step()` when it predicts the mean without a memory."""
-        compiled = self._compiled_step is not None and in_place and predict and engram is None and noise is None
-        if compiled and not self.layers[0].ssm.uses_cuda_kernels(units.device):
+        a step runs compiled after `compile_step()` when it predicts the mean without a memory. `modulations`
+        (`_step_modulations`, without `noise`): every layer's modulations, made by the caller (the compiled step's
+        body), so the condition is not embedded here."""
+        compiled = self._compiled_step is not None and modulations is None and in_place and predict
+        if compiled and engram is None and noise is None and not self.layers[0].ssm.uses_cuda_kernels(units.device):
             tensors = (cache.conv_states, cache.ssm_states, cache.last_timestamps, timestamp, prediction_timestamp)
             prediction, conv_states, ssm_states = self._compiled_step(self, units, *tensors, actions)
             return prediction, VeltrixEvolverCache(list(conv_states), list(ssm_states), timestamp)
-        return self._eager_step(
-            units, cache, timestamp, prediction_timestamp, actions, engram, history, predict, noise, in_place
-        )
-
-    def _eager_step(
-        self,
-        units: torch.Tensor,
-        cache: VeltrixEvolverCache,
-        timestamp: torch.Tensor,
-        prediction_timestamp: torch.Tensor,
-        actions: torch.Tensor | None,
-        engram: nn.Module | None = None,
-        history: torch.Tensor | None = None,
-        predict: bool = True,
-        noise: torch.Tensor | None = None,
-        in_place: bool = False,
-        modulations: list[tuple[torch.Tensor, ...]] | None = None,
-    ) -> tuple[torch.Tensor | None, VeltrixEvolverCache]:
-        """`_step` in eager PyTorch; with `modulations` (`_step_modulations`, without `noise`) the condition is not
-        embedded."""
         reference = self.config.dt_reference
         gaps = ((timestamp - cache.last_timestamps) / reference).to(units.dtype)
         step_sizes = ((prediction_timestamp - timestamp) / reference).to(units.dtype)
@@ -1531,13 +1514,13 @@ def _in_place_step(
     prediction_timestamp: torch.Tensor,
     actions: torch.Tensor | None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The step that `compile_step` compiles: `_eager_step` predicting the mean without a memory, its modulations
+    """The step that `compile_step` compiles: the eager `_step` predicting the mean without a memory, its modulations
     from `_step_modulations` (whose composed weights freeze into constants), the cache given as its tensors, its states
     updated in place; returns the prediction and the states."""
     cache = VeltrixEvolverCache(conv_states, ssm_states, last_timestamps)
     step_sizes = ((prediction_timestamp - timestamp) / model.config.dt_reference).to(units.dtype)
     modulations = model._step_modulations(step_sizes, actions)
-    prediction, cache = model._eager_step(
+    prediction, cache = model._step(
         units, cache, timestamp, prediction_timestamp, actions, in_place=True, modulations=modulations
     )
     return prediction, cache.conv_states, cache.ssm_states

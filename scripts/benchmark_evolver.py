@@ -8,7 +8,8 @@ Measures, interleaved in one process (median and min–max over repetitions afte
 - the selective-SSM mixer against transformers' `Mamba2Mixer` (PyTorch path) at the same dimensions, tokens/s at
   1k–64k tokens, and its model-FLOPs utilisation against an fp32 matmul peak measured in the same rounds;
 - the `veltrix-tiny` evolver against an equal-parameter SDPA `LlamaModel`, tokens/s at 1k–64k tokens;
-- open-loop rollout steps/s at batch 1 and peak memory over 100–10 000 steps, against the Llama's KV cache;
+- open-loop rollout steps/s at batch 1, eager and after `compile_step()` (the target's figure; `--eager-rollout-step`
+  times the eager step only), and peak memory over 100–10 000 steps, against the Llama's KV cache;
 - on the pendulum world, a small evolver trained at one frame rate and evaluated at twice that rate, and the effect
   of the Lyapunov-like stability regulariser far past the training window.
 Targets: tok_s_64k_over_1k, speedup_vs_hf_mamba2_mixer_16k, mixer_mfu_16k, speedup_vs_sdpa_64k,

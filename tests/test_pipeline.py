@@ -236,13 +236,14 @@ def test_the_pipeline_converts_float64_inputs_explicitly(tiny_pipeline):
 
 
 def test_the_rollout_checks_each_new_state_once_per_evolver_step_and_nothing_per_euler_step(tiny_pipeline, monkeypatch):
-    """The one output check of a call: each evolved state is checked for NaN / inf (`Tensor.isfinite`, apart from the
-    input checks' `torch.isfinite` counted above), once per future step, whatever the number of Euler steps."""
+    """The one output check of a call: each evolved state is checked for NaN / inf (`Tensor.isfinite` of its float64
+    sum, apart from the input checks' `torch.isfinite` counted above), once per future step, whatever the number of
+    Euler steps."""
     checked, isfinite = [], torch.Tensor.isfinite
     monkeypatch.setattr(
-        torch.Tensor, "isfinite", lambda tensor: checked.append(tuple(tensor.shape)) or isfinite(tensor)
+        torch.Tensor, "isfinite", lambda tensor: checked.append((tuple(tensor.shape), tensor.dtype)) or isfinite(tensor)
     )
     for num_inference_steps in (1, 4):
         checked.clear()
         call(tiny_pipeline, num_future_steps=5, num_inference_steps=num_inference_steps, output_type="pt")
-        assert checked == [(2, 16, 8)] * 5
+        assert checked == [((), torch.float64)] * 5  # the sum of each (2, 16, 8) state
