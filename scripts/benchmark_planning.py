@@ -1,6 +1,6 @@
 """Plan with the world model: goal-conditioned action search on the built-in reach task and on Push-T.
 
-    python scripts/benchmark_planning.py --output runs/planning.json          # both tasks, ~76 min on 2 cores
+    python scripts/benchmark_planning.py --output runs/planning.json          # both tasks, ~35 min on 2 cores
     python scripts/benchmark_planning.py --output /tmp/planning.json --quick  # the whole script on tiny settings
 
 Per task it trains (or loads, from `--output-dir`, default `<output>_runs/`) the encoder and evolver: the reach task
