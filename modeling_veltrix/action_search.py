@@ -155,7 +155,8 @@ class EvolverCandidates:
         self.project = goal_projection or (lambda units: units)
         rows = torch.arange(start_units.shape[0], device=start_units.device).repeat_interleave(num_samples)
         self.start_units = start_units[rows]
-        self.cache = cache.select(rows, evolver.config.num_units_per_step).in_step_layout()
+        # Laid out before the rows are repeated (indexing keeps the layout): one copy of the repeated states, not two.
+        self.cache = cache.in_step_layout().select(rows, evolver.config.num_units_per_step)
         self.times = [time_at(k)[rows] for k in range(horizon + 1)]
         self.goal = self.project(goal)[rows]
         self._working_cache = None

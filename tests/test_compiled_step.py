@@ -108,6 +108,9 @@ def test_candidates_start_every_rollout_from_the_context_cache(models, inputs):
     trial = torch.randn(6, 4, 2, generator=torch.Generator().manual_seed(2))
     first, second = candidates.rollout(trial), candidates.rollout(trial)
     assert torch.equal(first, second)  # the working cache was refilled, not carried over
+    # The start cache lies in the in-place step's memory orders (`step_layout`).
+    assert candidates.cache.ssm_states[0].permute(0, 3, 1, 2).is_contiguous()
+    assert candidates.cache.conv_states[0].transpose(1, 2).is_contiguous()
 
 
 @pytest.mark.parametrize(
