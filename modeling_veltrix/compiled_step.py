@@ -95,6 +95,7 @@ class VeltrixCompiledStep:
         self.compile_kwargs = compile_kwargs
         self.num_compiled_calls = 0
         self._compiled: Callable | None = None
+        self._compiled_shapes: set[tuple] = set()
         self._weights = WeightsWatch()
         self._inductor_config = inductor_config.patch(INDUCTOR_CONFIG)
 
@@ -106,9 +107,18 @@ class VeltrixCompiledStep:
                 )
             self._weights.reset(model)
             self._compiled = torch.compile(fresh_function(self.step_function), **self.compile_kwargs)
+            self._compiled_shapes = set()
         self.num_compiled_calls += 1
-        with self._inductor_config:
+        # Inductor's settings are read when a graph compiles, which happens at the first call with new input shapes:
+        # only those calls pay for patching them (a call that compiles for another reason, a new dtype or layout,
+        # gets Inductor's defaults: the weights read at each call instead of frozen).
+        shapes = tuple(getattr(arg, "shape", None) for arg in args)
+        if shapes in self._compiled_shapes:
             return self._compiled(model, *args)
+        with self._inductor_config:
+            output = self._compiled(model, *args)
+        self._compiled_shapes.add(shapes)
+        return output
 
     def __reduce__(self) -> tuple:
         """Copies and pickles hold the settings only; the copy compiles at its first call."""

@@ -680,11 +680,12 @@ class VeltrixSelectiveSSM(nn.Module):
             # state that later in-place steps shift.
             window = torch.stack([*conv_state.unbind(-1), xbc], dim=1)
             columns = window.unbind(1)
-        # The depthwise product as a sum of channel-scaled columns (a reduction over the short last axis is slow).
-        weight = self.conv1d.weight[:, 0]
-        convolved = torch.addcmul(self.conv1d.bias, columns[0], weight[:, 0])
+        # The depthwise product as a sum of channel-scaled columns (a reduction over the short last axis is slow), each
+        # tap's weights contiguous (compiled, the loop over channels then vectorises).
+        taps = self.conv1d.weight[:, 0].t().contiguous()  # (conv_kernel, conv_dim)
+        convolved = torch.addcmul(self.conv1d.bias, columns[0], taps[0])
         for k in range(1, self.conv_kernel):
-            convolved.addcmul_(columns[k], weight[:, k])
+            convolved.addcmul_(columns[k], taps[k])
         if in_place:
             for older, newer in zip(columns[:-2], columns[1:-1], strict=True):
                 older.copy_(newer)

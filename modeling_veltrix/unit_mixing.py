@@ -34,9 +34,28 @@ class VeltrixConvUnitMixer(nn.Module):
         # view, channels-last with a proper batch stride even at N = 1 (a transpose-then-reshape gives that size-1
         # axis stride H, which sends oneDNN to its NCHW kernel with a copy in and out), and the channels-last output
         # reads back as (N, U, H) without a copy.
-        grid = x.reshape(n, self.grid_size, self.grid_size, h).permute(0, 3, 1, 2)
-        mixed = self.depthwise(grid).permute(0, 2, 3, 1).reshape(n, u, h)
+        grid = x.reshape(n, self.grid_size, self.grid_size, h)
+        if torch.compiler.is_compiling():
+            mixed = self._depthwise_by_shifts(grid).reshape(n, u, h)
+        else:
+            mixed = self.depthwise(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(n, u, h)
         return self.pointwise(F.gelu(mixed))
+
+    def _depthwise_by_shifts(self, grid: torch.Tensor) -> torch.Tensor:
+        """`depthwise` on a channels-last grid (N, rows, cols, H) as a sum of its kernel² shifted, channel-scaled
+        copies: the same products and sums, which `torch.compile` fuses into one loop over the grid (a oneDNN
+        convolution call costs tens of µs on a grid of 64 units)."""
+        size = self.depthwise.kernel_size[0]
+        pad = size // 2
+        rows, cols = grid.shape[1:3]
+        padded = F.pad(grid, (0, 0, pad, pad, pad, pad))
+        # (size, size, H): each tap's channel weights contiguous, so the loop over channels vectorises.
+        weight = self.depthwise.weight[:, 0].permute(1, 2, 0).contiguous()
+        mixed = self.depthwise.bias
+        for i in range(size):
+            for j in range(size):
+                mixed = mixed + padded[:, i : i + rows, j : j + cols] * weight[i, j]
+        return mixed
 
 
 class VeltrixAttentionUnitMixer(nn.Module):

@@ -12,6 +12,7 @@ from conftest import randomize_, tiny_evolver_config
 from modeling_veltrix import VeltrixEvolverModel, VeltrixIntervention
 from modeling_veltrix.action_search import EvolverCandidates
 from modeling_veltrix.compiled_step import WeightsWatch
+from modeling_veltrix.unit_mixing import VeltrixConvUnitMixer
 
 STEPS = 6
 
@@ -74,15 +75,33 @@ def test_steps_with_gradients_or_a_counterfactual_fork_stay_eager(models, inputs
     assert compiled.compiled_step_calls == before
 
 
+class CountedContext:
+    """A context manager counting how often it is entered."""
+
+    def __init__(self, context):
+        self.context, self.entered = context, 0
+
+    def __enter__(self):
+        self.entered += 1
+        return self.context.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self.context.__exit__(*exc_info)
+
+
 @torch.no_grad()
 def test_a_change_of_the_weights_compiles_again(inputs):
     torch.manual_seed(0)
     model = randomize_(VeltrixEvolverModel(tiny_evolver_config())).eval().requires_grad_(False)
     context, actions = inputs
     model.compile_step()
+    patches = CountedContext(model._compiled_step._inductor_config)
+    model._compiled_step._inductor_config = patches
     first = model.rollout(context[:1], STEPS, actions=actions[:1]).units
     model.velocity_head.weight.mul_(2.0)  # in place, as an optimizer or `load_state_dict` does
     second = model.rollout(context[:1], STEPS, actions=actions[:1]).units
+    # Inductor's settings are patched in for the call that compiles, not for the later steps of that shape.
+    assert patches.entered == 2 and model.compiled_step_calls == 2 * (STEPS - 1)
     model.compile_step(False)
     expected = model.rollout(context[:1], STEPS, actions=actions[:1]).units
     torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-4)
@@ -142,6 +161,16 @@ def test_the_weights_watch_sees_in_place_changes_replacements_and_moves():
     watch.reset(model)
     model.to(torch.float64)
     assert watch.changed()
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_the_compiled_unit_mixers_shifted_sum_equals_its_convolution(kernel_size):
+    """The depthwise convolution over the unit grid that the compiled step computes as shifted, scaled copies."""
+    torch.manual_seed(0)
+    mixer = VeltrixConvUnitMixer(tiny_evolver_config(mixing_kernel_size=kernel_size))
+    grid = torch.randn(3, mixer.grid_size, mixer.grid_size, mixer.depthwise.in_channels)
+    expected = mixer.depthwise(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(mixer._depthwise_by_shifts(grid), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("with_actions", [True, False])

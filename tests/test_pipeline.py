@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from modeling_veltrix import VeltrixDecoderModel, VeltrixIntervention, VeltrixPipeline
+from modeling_veltrix import modeling_veltrix_evolver as evolver_module
 
 
 def call(pipe, seed=0, **kwargs):
@@ -236,14 +237,15 @@ def test_the_pipeline_converts_float64_inputs_explicitly(tiny_pipeline):
 
 
 def test_the_rollout_checks_each_new_state_once_per_evolver_step_and_nothing_per_euler_step(tiny_pipeline, monkeypatch):
-    """The one output check of a call: each evolved state is checked for NaN / inf (`Tensor.isfinite` of its float64
-    sum, apart from the input checks' `torch.isfinite` counted above), once per future step, whatever the number of
-    Euler steps."""
-    checked, isfinite = [], torch.Tensor.isfinite
+    """The one output check of a call: each evolved state is checked for NaN / inf (`check_rollout_state`), once per
+    future step, whatever the number of Euler steps."""
+    checked, check = [], evolver_module.check_rollout_state
     monkeypatch.setattr(
-        torch.Tensor, "isfinite", lambda tensor: checked.append((tuple(tensor.shape), tensor.dtype)) or isfinite(tensor)
+        evolver_module,
+        "check_rollout_state",
+        lambda state, step: checked.append((tuple(state.shape), step)) or check(state, step),
     )
     for num_inference_steps in (1, 4):
         checked.clear()
         call(tiny_pipeline, num_future_steps=5, num_inference_steps=num_inference_steps, output_type="pt")
-        assert checked == [((), torch.float64)] * 5  # the sum of each (2, 16, 8) state
+        assert checked == [((2, 16, 8), step) for step in range(5)]
