@@ -42,6 +42,18 @@ def check_compile_kwargs(compile_kwargs: dict) -> dict:
     return DEFAULT_COMPILE_KWARGS | compile_kwargs
 
 
+def check_watchable(model: nn.Module) -> None:
+    """Raises a `ValueError` when a parameter of `model` is an inference tensor (made under `torch.inference_mode()`,
+    for instance by a copy there): such tensors keep no version counter, so `WeightsWatch` could not see them change."""
+    inference = [name for name, parameter in model.named_parameters() if parameter.is_inference()]
+    if inference:
+        raise ValueError(
+            f"`compile_step` watches the weights for changes, but {inference[:3]} (and {len(inference)} in all) are "
+            "inference tensors, made under `torch.inference_mode()`, whose changes cannot be seen: create, load or "
+            "copy the model outside `torch.inference_mode()` (running it inside is fine)."
+        )
+
+
 class WeightsWatch:
     """Tells whether the parameters of a model's modules changed since `reset`: an entry of a module's parameter table
     replaced, or a parameter's values changed in place (version counter) or moved to other memory (storage). C-level
@@ -55,6 +67,7 @@ class WeightsWatch:
         self._storages: list[int] = []
 
     def reset(self, model: nn.Module) -> None:
+        check_watchable(model)
         self._tables = [module._parameters for module in model.modules() if module._parameters]
         self._entries = list(chain.from_iterable(map(dict.values, self._tables)))
         self._parameters = [parameter for parameter in self._entries if parameter is not None]
@@ -125,4 +138,10 @@ class VeltrixCompiledStep:
         return VeltrixCompiledStep, (self.step_function, self.compile_kwargs)
 
 
-__all__ = ["DEFAULT_COMPILE_KWARGS", "INDUCTOR_CONFIG", "VeltrixCompiledStep", "check_compile_kwargs"]
+__all__ = [
+    "DEFAULT_COMPILE_KWARGS",
+    "INDUCTOR_CONFIG",
+    "VeltrixCompiledStep",
+    "check_compile_kwargs",
+    "check_watchable",
+]

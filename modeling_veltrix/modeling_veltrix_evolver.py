@@ -33,7 +33,7 @@ from .action_search import (
     action_bounds_tensors,
     check_plan_inputs,
 )
-from .compiled_step import VeltrixCompiledStep, check_compile_kwargs
+from .compiled_step import VeltrixCompiledStep, check_compile_kwargs, check_watchable
 from .configuration_veltrix import VeltrixEvolverConfig
 from .input_validation import (
     CLOCK_DTYPE,
@@ -643,7 +643,9 @@ class VeltrixEvolverModel(VeltrixStatePredictorMixin, VeltrixEvolverPreTrainedMo
                 raise ValueError(f"`compile_kwargs` apply only with `enabled=True`, got {sorted(compile_kwargs)}.")
             self._compiled_step = None
             return
-        self._compiled_step = VeltrixCompiledStep(_in_place_step, check_compile_kwargs(compile_kwargs))
+        compile_kwargs = check_compile_kwargs(compile_kwargs)
+        check_watchable(self)
+        self._compiled_step = VeltrixCompiledStep(_in_place_step, compile_kwargs)
 
     @property
     def compiled_step_calls(self) -> int:

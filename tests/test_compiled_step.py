@@ -147,6 +147,15 @@ def test_bad_arguments_raise_a_value_error_naming_them(enabled, kwargs, message)
     assert model._compiled_step is None
 
 
+def test_weights_made_under_inference_mode_are_refused_with_a_value_error():
+    """Inference tensors keep no version counter, so their changes could not be seen: refused, named, at once."""
+    with torch.inference_mode():
+        model = VeltrixEvolverModel(tiny_evolver_config())
+    with pytest.raises(ValueError, match=r"inference tensors, made under `torch.inference_mode\(\)`"):
+        model.compile_step()
+    assert model._compiled_step is None
+
+
 def test_the_weights_watch_sees_in_place_changes_replacements_and_moves():
     model = VeltrixEvolverModel(tiny_evolver_config())
     watch = WeightsWatch()
